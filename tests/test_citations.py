@@ -1,0 +1,55 @@
+"""Every citation `derivations/NN-topic.md (TAG.N)` in the code and tests resolves:
+the file exists and holds `\\tag{TAG.N}`. A citation that nothing checks goes stale."""
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CITATION = re.compile(r"derivations/([0-9A-Za-z_-]+\.md)(?: \(([A-Za-z]+\.[0-9]+[a-z]?)\))?")
+
+
+def find_citations(text):
+    """(file, tag or None) for every citation in a text."""
+    return [(m.group(1), m.group(2)) for m in CITATION.finditer(text)]
+
+
+def unresolved(citations, root=ROOT):
+    """The citations whose file or tag does not exist under ``root``."""
+    bad = []
+    for fname, tag in citations:
+        path = root / "derivations" / fname
+        if not path.is_file():
+            bad.append(f"{fname}: no such file")
+        elif tag is not None and f"\\tag{{{tag}}}" not in path.read_text(encoding="utf-8"):
+            bad.append(f"{fname} ({tag}): no \\tag{{{tag}}}")
+    return bad
+
+
+def _sources():
+    for folder in ("fm_ref", "tests"):
+        yield from sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_every_citation_resolves():
+    bad = []
+    for src in _sources():
+        for item in unresolved(find_citations(src.read_text(encoding="utf-8"))):
+            bad.append(f"{src.relative_to(ROOT)}: {item}")
+    assert not bad, "unresolved citations:\n" + "\n".join(bad)
+
+
+def test_the_code_cites_derivations():
+    cited = [c for src in (ROOT / "fm_ref").rglob("*.py") for c in find_citations(src.read_text(encoding="utf-8"))]
+    assert len(cited) > 20
+
+
+def test_the_check_rejects_a_missing_tag_and_file():
+    fake = find_citations("see derivations/01-gaussian-paths.md (PATH.999) and derivations/99-none.md (X.1)")
+    assert len(unresolved(fake)) == 2
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "derivations").glob("*.md")), ids=lambda p: p.name)
+def test_tags_are_unique_within_a_file(path):
+    tags = re.findall(r"\\tag\{([^}]+)\}", path.read_text(encoding="utf-8"))
+    assert len(tags) == len(set(tags)), f"duplicate tags in {path.name}"
