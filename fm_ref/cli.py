@@ -1,0 +1,170 @@
+"""The command line ``fm-ref`` (also ``python -m fm_ref``).
+
+Subcommands
+-----------
+demo     train a normalizing flow, a CNF and flow-matching models on 2-D toy data and
+         compare them (exact NLL, W₂ to held-out data, time, NFE); the main job
+verify   run the theorem checks of ``fm_ref.verify`` and print a table
+vectors  write the golden reference vectors (float64, bit-exact JSON)
+check    compare another implementation's results with the reference vectors
+bench    time the operations that matter (medians over repeats)
+
+Exit codes: 0 success; 1 a check or a comparison failed; 2 bad arguments or a bad
+file (a one-line ``fm-ref: error: ...`` message, never a traceback).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+from . import __version__
+
+__all__ = ["main", "format_table"]
+
+#: The groups of theorem checks in ``fm_ref.verify``.
+VERIFY_GROUPS = ("foundation", "cnf", "flows")
+
+
+class UsageError(Exception):
+    """A user error found by the CLI itself (reported with exit code 2)."""
+
+
+# ----------------------------------------------------------------------------- output
+
+def format_table(headers, rows, align=None):
+    """Plain-text table: a header line, a rule, one line per row (cells already strings).
+
+    ``align`` is a string of 'l'/'r' per column (default: left for the first column,
+    right for the others).
+    """
+    rows = [[str(c) for c in row] for row in rows]
+    ncol = len(headers)
+    align = align or "l" + "r" * (ncol - 1)
+    widths = [max([len(headers[j])] + [len(r[j]) for r in rows]) for j in range(ncol)]
+
+    def line(cells):
+        out = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align)]
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule] + [line(r) for r in rows])
+
+
+def fmt(value, spec=".3g"):
+    """A number for a table cell ('-' for None, 'nan' never expected)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec)
+
+
+def _finite_json(obj):
+    """Replace non-finite floats by strings ('nan', 'inf'): strict JSON has no NaN."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _write_json(path, payload):
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(_finite_json(payload), fh, indent=1, allow_nan=False)
+        fh.write("\n")
+
+
+def check_writable(path, what="--json"):
+    """Fail early (before minutes of work) if an output file cannot be created."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{what}: {path!r} is a directory, expected a file name")
+    if not os.path.isdir(parent):
+        raise UsageError(f"{what}: the directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{what}: the directory {parent!r} is not writable")
+
+
+def _say(*args):
+    print(*args, flush=True)
+
+
+# ----------------------------------------------------------------------------- verify
+
+def cmd_verify(args):
+    from .verify import CHECKS, run_checks
+
+    check_writable(args.json)
+    groups = tuple(args.group) if args.group else None
+    run_checks(names=())  # import every check module (runs nothing)
+    names = [n for n, (g, _, _) in CHECKS.items() if groups is None or g in groups]
+    if not names:
+        raise UsageError(f"no checks registered for the group(s) {', '.join(groups or VERIFY_GROUPS)}")
+    _say(f"fm-ref verify: {len(names)} checks" + (f" (groups: {', '.join(groups)})" if groups else ""))
+    records = []
+    for name in names:
+        group, route, _ = CHECKS[name]
+        try:
+            res = run_checks(names=(name,))[0]
+            rec = dict(res.as_dict(), group=group, status="pass" if res.passed else "FAIL", error=None)
+        except Exception as exc:  # a crashing check is reported as a failed check
+            rec = dict(name=name, route=route, group=group, measured=None, tolerance=None, reason="",
+                       seconds=None, passed=False, status="ERROR", error=f"{type(exc).__name__}: {exc}")
+        records.append(rec)
+        _say(f"  {rec['status']:5s} {name}" + (f"  ({rec['error']})" if rec["error"] else ""))
+    headers = ["check", "route", "measured", "tolerance", "status", "seconds"]
+    rows = [[r["name"], r["route"], fmt(r["measured"], ".2e"), fmt(r["tolerance"], ".1e"), r["status"],
+             fmt(r["seconds"], ".2f")] for r in records]
+    _say()
+    _say(format_table(headers, rows, align="llrrlr"))
+    failed = [r["name"] for r in records if not r["passed"]]
+    total = sum(r["seconds"] or 0.0 for r in records)
+    _say(f"\n{len(records) - len(failed)}/{len(records)} checks passed in {total:.1f} s"
+         + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if args.json:
+        _write_json(args.json, {"fm_ref_version": __version__, "passed": not failed,
+                                "n_checks": len(records), "checks": records})
+        _say(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fm-ref",
+        description="fm_ref: a float64 reference implementation of normalizing flows, CNFs and "
+                    "(conditional) flow matching.",
+    )
+    parser.add_argument("--version", action="version", version=f"fm_ref {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("verify", help="run the theorem checks and print a table (exit 1 if any fails)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--group", action="append", choices=VERIFY_GROUPS,
+                   help="run only this group of checks (repeatable)")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv=None):
+    """Run ``fm-ref`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, TypeError, OSError) as exc:
+        print(f"fm-ref: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("fm-ref: interrupted", file=sys.stderr)
+        return 130
