@@ -1,0 +1,288 @@
+"""The flow-matching losses L_FM and L_CFM: Monte Carlo and deterministic quadrature.
+
+    L_FM(θ)  = E_{t, x ~ p_t} ‖v_θ(x, t) − u_t(x)‖²                  (FM.1)
+    L_CFM(θ) = E_{t, x₁ ~ q, x₀ ~ N(0, I)} ‖v_θ(x_t, t) − u_t(x_t | x₁)‖²  (FM.2)
+
+with t ~ U[t_min, t_max] and x_t = σ_t x₀ + α_t x₁. Theorem 2 (FM.3): their difference
+is a constant in θ, so their gradients agree. Both are written in ``autograd.numpy``
+so that ``autograd.grad`` in the parameters gives ∇θ.
+
+The Monte Carlo estimators take the samples (t, x₀, x₁) as arguments, so the two
+losses can be evaluated on common random numbers. The quadrature versions replace the
+expectations by Gauss–Legendre nodes in t, the trapezoid rule for Gaussian weights in x₀ (and in x₁
+for Gaussian components) and the exact sum over the target's components (FM.5, FM.6).
+
+For VP and LinearVP, σ'_t² ~ 1/(1 − t) near t = 1, so E‖u_t(x_t|x₁)‖² is not
+integrable on [0, 1] and both losses are infinite (their gradients still agree at each
+t). Use ``t_max < 1`` with those paths (derivations/04-flow-matching.md (FM.7)).
+"""
+import autograd.numpy as np
+import numpy as onp
+
+from ._validate import as_finite_float, as_generator, as_points, as_positive_int, as_time
+from .distributions import GaussianMixture
+from .marginal import marginal_velocity
+from .paths import AffinePath, _col
+
+__all__ = [
+    "conditional_target",
+    "cfm_loss",
+    "fm_loss",
+    "sample_training_batch",
+    "cfm_quadrature_nodes",
+    "fm_quadrature_nodes",
+    "cfm_loss_quadrature",
+    "fm_loss_quadrature",
+    "conditional_energy",
+]
+
+
+def _check_model(model):
+    if not callable(model):
+        raise TypeError(f"model: expected a callable model(params, x, t), got {type(model).__name__}")
+
+
+def _check_path(path):
+    if not isinstance(path, AffinePath):
+        raise TypeError(f"path: expected an AffinePath such as CondOT(), got {type(path).__name__}")
+
+
+def _check_target(target):
+    if not isinstance(target, GaussianMixture):
+        raise TypeError(f"target: expected a GaussianMixture (or Empirical), got {type(target).__name__}")
+
+
+def _validate_batch(path, t, x_0, x_1):
+    _check_path(path)
+    x_0 = as_points(x_0, "x_0")
+    x_1 = as_points(x_1, "x_1", dim=x_0.shape[1], n=x_0.shape[0])
+    t = as_time(t, n=x_0.shape[0])
+    if onp.ndim(t) == 0:
+        t = onp.full(x_0.shape[0], t)
+    path._check_d_sigma(t)
+    return t, x_0, x_1
+
+
+def conditional_target(path, t, x_0, x_1):
+    """x_t and the regression target u_t(x_t | x₁) = α'_t x₁ + σ'_t x₀, both (n, d).
+
+    Derivation: derivations/01-gaussian-paths.md (PATH.4)
+    """
+    t, x_0, x_1 = _validate_batch(path, t, x_0, x_1)
+    x_t = _col(path._sigma(t)) * x_0 + _col(path._alpha(t)) * x_1
+    u_t = _col(path._d_sigma(t)) * x_0 + _col(path._d_alpha(t)) * x_1
+    return x_t, u_t
+
+
+def _weighted_sq_error(model, params, x, t, target, weights):
+    diff = model(params, x, t) - target
+    return np.sum(weights * np.sum(diff**2, axis=1))
+
+
+def cfm_loss(model, params, path, t, x_0, x_1):
+    """Monte Carlo L_CFM: mean over samples of ‖v_θ(x_t, t) − u_t(x_t | x₁)‖², a float.
+
+    Parameters
+    ----------
+    model : callable, model(params, x, t) -> shape (n, d)
+    params : pytree of the model's parameters (differentiable by autograd)
+    path : AffinePath
+    t : array, shape (n,) (or a float)
+    x_0, x_1 : array, shape (n, d), noise and data samples
+
+    Derivation: derivations/04-flow-matching.md (FM.2)
+    """
+    _check_model(model)
+    x_t, u_t = conditional_target(path, t, x_0, x_1)
+    t = onp.broadcast_to(t, (x_t.shape[0],))
+    n = x_t.shape[0]
+    return _weighted_sq_error(model, params, x_t, t, u_t, onp.full(n, 1.0 / n))
+
+
+def fm_loss(model, params, path, target, t, x_0, x_1):
+    """Monte Carlo L_FM: mean of ‖v_θ(x_t, t) − u_t(x_t)‖², x_t = σ_t x₀ + α_t x₁ ~ p_t.
+
+    The target is the closed-form marginal velocity of ``target`` (fm_ref.marginal);
+    on the same (t, x₀, x₁) as ``cfm_loss`` this gives common random numbers.
+
+    Derivation: derivations/04-flow-matching.md (FM.1)
+    """
+    _check_model(model)
+    _check_target(target)
+    x_t, _ = conditional_target(path, t, x_0, x_1)
+    t = onp.broadcast_to(t, (x_t.shape[0],))
+    u_t = marginal_velocity(target, path, x_t, t)
+    n = x_t.shape[0]
+    return _weighted_sq_error(model, params, x_t, t, u_t, onp.full(n, 1.0 / n))
+
+
+def sample_training_batch(target, n, rng, t_min=0.0, t_max=1.0):
+    """Draw (t, x₀, x₁): t ~ U[t_min, t_max), x₀ ~ N(0, I), x₁ ~ target; shapes (n,), (n, d), (n, d).
+
+    ``target`` is a distribution with ``sample(n, rng)`` and ``dim`` (a GaussianMixture,
+    Empirical data set, ...). The three draws come from ``rng`` in that order.
+    """
+    n = as_positive_int(n, "n")
+    rng = as_generator(rng)
+    t_min = as_finite_float(t_min, "t_min", lo=0.0, hi=1.0)
+    t_max = as_finite_float(t_max, "t_max", lo=t_min, hi=1.0, lo_open=True)
+    t = t_min + (t_max - t_min) * rng.uniform(size=n)
+    x_0 = rng.standard_normal((n, target.dim))
+    x_1 = target.sample(n, rng)
+    return t, x_0, x_1
+
+
+# ----------------------------------------------------------------- quadrature
+
+
+#: Half-width of the trapezoid rule for N(0, 1): the mass beyond |z| = 8 is 1.2e-15.
+_TRAPEZOID_HALF_WIDTH = 8.0
+
+
+#: Largest rule built (a few GB of autograd tape for a small MLP).
+_MAX_NODES = 4_000_000
+
+
+def _gaussian_rule(n_x, dim):
+    """Tensor trapezoid rule for E[f(z)], z ~ N(0, I_dim): nodes (n_x^dim, dim), weights.
+
+    On [−8, 8] with step h = 16/(n_x − 1) and weights h φ(z_j). For integrands analytic
+    in a strip around the real axis (the MLP, the mixture's marginal velocity) the error
+    falls like exp(−c/h), exponentially in n_x; Gauss–Hermite nodes converge only like
+    exp(−c√n_x) for such functions (measured: 1e-9 needs ≈ 96 Hermite nodes in d = 1,
+    64 trapezoid nodes reach 2e-10).
+
+    Derivation: derivations/04-flow-matching.md (FM.5)
+    """
+    z = onp.linspace(-_TRAPEZOID_HALF_WIDTH, _TRAPEZOID_HALF_WIDTH, n_x)
+    w = (z[1] - z[0]) * onp.exp(-0.5 * z**2) / onp.sqrt(2.0 * onp.pi)
+    grids = onp.meshgrid(*([z] * dim), indexing="ij")
+    wgrids = onp.meshgrid(*([w] * dim), indexing="ij")
+    nodes = onp.stack([g.ravel() for g in grids], axis=1)
+    weights = onp.prod(onp.stack([g.ravel() for g in wgrids], axis=1), axis=1)
+    return nodes, weights
+
+
+def _gauss_legendre(n_t, t_min, t_max):
+    s, w = onp.polynomial.legendre.leggauss(n_t)
+    return t_min + 0.5 * (t_max - t_min) * (s + 1.0), 0.5 * (t_max - t_min) * w
+
+
+def _validate_quadrature(path, target, n_t, n_x, t_min, t_max):
+    _check_path(path)
+    _check_target(target)
+    n_t = as_positive_int(n_t, "n_t")
+    n_x = as_positive_int(n_x, "n_x", minimum=2)
+    t_min = as_finite_float(t_min, "t_min", lo=0.0, hi=1.0)
+    t_max = as_finite_float(t_max, "t_max", lo=t_min, hi=1.0, lo_open=True)
+    point_masses = int(onp.sum(onp.all(target.eigvals == 0.0, axis=1)))
+    per_t = n_x**target.dim * (point_masses + (target.k - point_masses) * n_x**target.dim)
+    if per_t * n_t > _MAX_NODES:
+        raise ValueError(f"n_x: {n_x} nodes per axis in d = {target.dim} make {per_t * n_t} points "
+                         f"(more than {_MAX_NODES}); lower n_x or n_t")
+    return n_t, n_x, t_min, t_max
+
+
+def cfm_quadrature_nodes(path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0):
+    """Nodes (t, x₀, x₁) and weights of a deterministic rule for E_{t, x₀, x₁}[·].
+
+    Gauss–Legendre in t on [t_min, t_max], the tensor trapezoid rule for x₀ ~ N(0, I) (``_gaussian_rule``),
+    the exact sum over components, and for a component with covariance Σ_k = U diag(λ) Uᵀ,
+    x₁ = μ_k + U √λ η with η on the same rule (a point mass needs none).
+
+    Returns
+    -------
+    t : shape (m,);  x_0, x_1 : shape (m, d);  weights : shape (m,), summing to t_max − t_min
+
+    Derivation: derivations/04-flow-matching.md (FM.5)
+    """
+    n_t, n_x, t_min, t_max = _validate_quadrature(path, target, n_t, n_x, t_min, t_max)
+    d = target.dim
+    t_nodes, t_w = _gauss_legendre(n_t, t_min, t_max)
+    z, zw = _gaussian_rule(n_x, d)
+    blocks = []
+    for k in range(target.k):
+        if onp.all(target.eigvals[k] == 0.0):
+            x1, w1 = target.means[k][None], onp.ones(1)
+        else:
+            x1 = target.means[k] + (z * onp.sqrt(target.eigvals[k])) @ target.eigvecs[k].T
+            w1 = zw
+        # every x₀ node with every x₁ node
+        x0 = onp.repeat(z, len(w1), axis=0)
+        x1 = onp.tile(x1, (len(zw), 1))
+        w = onp.repeat(zw, len(w1)) * onp.tile(w1, len(zw)) * target.weights[k]
+        blocks.append((x0, x1, w))
+    x0 = onp.concatenate([b[0] for b in blocks])
+    x1 = onp.concatenate([b[1] for b in blocks])
+    w = onp.concatenate([b[2] for b in blocks])
+    m = len(w)
+    return (onp.repeat(t_nodes, m), onp.tile(x0, (n_t, 1)), onp.tile(x1, (n_t, 1)),
+            onp.repeat(t_w, m) * onp.tile(w, n_t))
+
+
+def fm_quadrature_nodes(path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0):
+    """Nodes (t, x) and weights of a deterministic rule for E_{t, x ~ p_t}[·].
+
+    p_t = Σ_k w_k N(α_t μ_k, C_k), C_k = U_k diag(α_t²λ_k + σ_t²) U_kᵀ: each component
+    gets the tensor trapezoid rule x = α_t μ_k + U_k √c ξ.
+
+    Returns
+    -------
+    t : shape (m,);  x : shape (m, d);  weights : shape (m,), summing to t_max − t_min
+
+    Derivation: derivations/04-flow-matching.md (FM.6)
+    """
+    n_t, n_x, t_min, t_max = _validate_quadrature(path, target, n_t, n_x, t_min, t_max)
+    t_nodes, t_w = _gauss_legendre(n_t, t_min, t_max)
+    z, zw = _gaussian_rule(n_x, target.dim)
+    ts, xs, ws = [], [], []
+    for t, tw in zip(t_nodes, t_w):
+        alpha, sigma = path._alpha(t), path._sigma(t)
+        for k in range(target.k):
+            c = alpha**2 * target.eigvals[k] + sigma**2
+            xs.append(alpha * target.means[k] + (z * onp.sqrt(c)) @ target.eigvecs[k].T)
+            ws.append(tw * target.weights[k] * zw)
+            ts.append(onp.full(len(zw), t))
+    return onp.concatenate(ts), onp.concatenate(xs), onp.concatenate(ws)
+
+
+def cfm_loss_quadrature(model, params, path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0):
+    """L_CFM by the deterministic rule of ``cfm_quadrature_nodes``, divided by (t_max − t_min).
+
+    Derivation: derivations/04-flow-matching.md (FM.5)
+    """
+    _check_model(model)
+    t, x_0, x_1, w = cfm_quadrature_nodes(path, target, n_t, n_x, t_min, t_max)
+    x_t = _col(path._sigma(t)) * x_0 + _col(path._alpha(t)) * x_1
+    u_t = _col(path._d_sigma(t)) * x_0 + _col(path._d_alpha(t)) * x_1
+    return _weighted_sq_error(model, params, x_t, t, u_t, w / (t_max - t_min))
+
+
+def fm_loss_quadrature(model, params, path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0):
+    """L_FM by the deterministic rule of ``fm_quadrature_nodes``, divided by (t_max − t_min).
+
+    Derivation: derivations/04-flow-matching.md (FM.6)
+    """
+    _check_model(model)
+    t, x, w = fm_quadrature_nodes(path, target, n_t, n_x, t_min, t_max)
+    path._check_d_sigma(t)
+    u_t = marginal_velocity(target, path, x, t)
+    return _weighted_sq_error(model, params, x, t, u_t, w / (t_max - t_min))
+
+
+def conditional_energy(path, target, n_t=16, t_min=0.0, t_max=1.0):
+    """E_{t, x₀, x₁} ‖u_t(x_t | x₁)‖² = E_t[α'_t² E‖x₁‖² + σ'_t² d], Gauss–Legendre in t.
+
+    The θ-free part of L_CFM in closed form in x (only t is integrated numerically);
+    with the same t nodes, L_CFM − L_FM = conditional_energy − E‖u_t(x_t)‖² (FM.3).
+
+    Derivation: derivations/04-flow-matching.md (FM.8)
+    """
+    _check_path(path)
+    _check_target(target)
+    n_t = as_positive_int(n_t, "n_t")
+    t, w = _gauss_legendre(n_t, as_finite_float(t_min, "t_min", 0.0, 1.0),
+                           as_finite_float(t_max, "t_max", 0.0, 1.0))
+    path._check_d_sigma(t)
+    integrand = path._d_alpha(t) ** 2 * target.second_moment() + path._d_sigma(t) ** 2 * target.dim
+    return float(onp.sum(w * integrand) / (t_max - t_min))
