@@ -17,9 +17,11 @@ from .toy import TOY_DATASETS, make_toy
 __all__ = ["StandardNormal", "GaussianMixture", "Empirical", "make_toy", "TOY_DATASETS"]
 
 LOG_2PI = float(onp.log(2.0 * onp.pi))
-# Relative size below which a covariance is taken as symmetric / an eigenvalue as zero:
-# a few hundred ulps of the largest entry, far below any meaningful asymmetry.
+# Relative asymmetry (and negative eigenvalue) tolerated in a covariance: far below any
+# meaningful asymmetry, far above the rounding of a matrix built as A Aᵀ.
 _SYM_RTOL = 1e-10
+# |eigenvalue| below EIG_ULPS · d · ε · max|Σ| is rounding noise of eigh and set to 0.
+_EIG_ULPS = 16.0
 
 
 def _check_covs(covs, k, d):
@@ -45,7 +47,8 @@ def _check_covs(covs, k, d):
         raise ValueError(
             f"covs: expected positive semi-definite matrices, got an eigenvalue {onp.min(lam):.3g}"
         )
-    lam = onp.where(lam < _SYM_RTOL * scale, 0.0, lam)
+    noise = _EIG_ULPS * d * onp.finfo(onp.float64).eps * float(onp.max(onp.abs(full)))
+    lam = onp.where(lam < noise, 0.0, lam)
     return full, lam, U
 
 

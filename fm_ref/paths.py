@@ -80,10 +80,10 @@ class AffinePath:
         """Paths whose σ'_t diverges at t = 1 override this."""
 
     # --- the conditional path ---------------------------------------------------
-    def _validate(self, x, x_1, t, x_name="x"):
+    def _validate(self, x, x_1, t, x_name="x", x1_name="x_1"):
         x = as_points(x, x_name)
-        x_1 = as_points(x_1, "x_1", dim=x.shape[1])
-        check_same_shape(x, x_1, x_name, "x_1")
+        x_1 = as_points(x_1, x1_name, dim=x.shape[1])
+        check_same_shape(x, x_1, x_name, x1_name)
         return x, x_1, as_time(t, n=x.shape[0])
 
     def sample(self, x_0, x_1, t):
@@ -151,7 +151,7 @@ class AffinePath:
         for name, kind in (("frm", frm), ("to", to)):
             if kind not in KINDS:
                 raise ValueError(f"{name}: expected one of {KINDS}, got {kind!r}")
-        value, x, t = self._validate(value, x, t, x_name="value")
+        value, x, t = self._validate(value, x, t, x_name="value", x1_name="x")
         if frm == to:
             return value
         alpha, sigma = self._alpha(t), self._sigma(t)
