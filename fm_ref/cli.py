@@ -133,6 +133,54 @@ def cmd_verify(args):
     return 1 if failed else 0
 
 
+# ----------------------------------------------------------------------------- vectors, check
+
+def cmd_vectors(args):
+    from . import vectors
+
+    check_writable(args.out, "--out")
+    _say(f"fm-ref vectors: generating {', '.join(args.kind) if args.kind else 'all kinds'}")
+    payload = vectors.write_vectors(args.out, kinds=args.kind, log=_say)
+    size = os.path.getsize(args.out)
+    _say(f"wrote {len(payload['cases'])} cases to {args.out} ({size / 1024:.0f} KiB)")
+    return 0
+
+
+def cmd_check(args):
+    from . import vectors
+
+    check_writable(args.json)
+    ref = vectors.load_json(args.vectors, "VECTORS")
+    got = vectors.load_json(args.results, "RESULTS")
+    for case in ref["cases"]:
+        tol = case.get("tolerance")
+        if not (isinstance(tol, dict) and all(isinstance(tol.get(k), (int, float)) for k in ("abs", "rel"))):
+            raise ValueError(f"VECTORS: case {case['id']!r} has no tolerance {{'abs': ..., 'rel': ...}}")
+    report = vectors.compare(ref, got, kinds=args.kind)
+    by_kind = {}
+    for r in report:
+        by_kind.setdefault(r["kind"], []).append(r)
+    rows = [[kind, str(len(rs)), str(sum(r["passed"] for r in rs)), fmt(max(r["max_abs"] for r in rs), ".2e"),
+             fmt(max(r["max_rel"] for r in rs), ".2e"), fmt(max(r["ratio"] for r in rs), ".2g")]
+            for kind, rs in by_kind.items()]
+    _say(f"fm-ref check: {args.results} against {args.vectors} ({len(report)} cases)\n")
+    _say(format_table(["kind", "cases", "passed", "max abs err", "max rel err", "worst err/tol"], rows))
+    failed = [r for r in report if not r["passed"]]
+    shown = report if args.all else failed
+    if shown:
+        _say("\n" + ("all cases:" if args.all else "failed cases:"))
+        _say(format_table(["case", "max abs err", "max rel err", "abs tol", "rel tol", "err/tol", "status"],
+                          [[r["id"], fmt(r["max_abs"], ".2e"), fmt(r["max_rel"], ".2e"), fmt(r["abs"], ".0e"),
+                            fmt(r["rel"], ".0e"), fmt(r["ratio"], ".2g"), "pass" if r["passed"] else "FAIL"]
+                           for r in shown]))
+    _say(f"\n{len(report) - len(failed)}/{len(report)} cases within tolerance"
+         + ("" if not failed else f"; {len(failed)} FAILED") + "  (err/tol = max |got - ref| / (abs + rel |ref|))")
+    if args.json:
+        _write_json(args.json, {"passed": not failed, "n_cases": len(report), "cases": report})
+        _say(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser():
@@ -150,6 +198,22 @@ def build_parser():
     p.add_argument("--group", action="append", choices=VERIFY_GROUPS,
                    help="run only this group of checks (repeatable)")
     p.set_defaults(func=cmd_verify)
+
+    from .vectors import KINDS
+
+    p = sub.add_parser("vectors", help="write the golden reference vectors (float64 JSON)")
+    p.add_argument("--out", metavar="FILE", required=True, help="the JSON file to write")
+    p.add_argument("--kind", action="append", choices=KINDS, help="only this kind of case (repeatable)")
+    p.set_defaults(func=cmd_vectors)
+
+    p = sub.add_parser("check", help="compare your results with the reference vectors (exit 1 on a mismatch)")
+    p.add_argument("vectors", metavar="VECTORS", help="reference vectors from 'fm-ref vectors'")
+    p.add_argument("results", metavar="RESULTS", help="your outputs: the same schema, each case with id and outputs")
+    p.add_argument("--kind", action="append", choices=KINDS,
+                   help="check only cases of this kind (repeatable); RESULTS need hold only those")
+    p.add_argument("--all", action="store_true", help="list every case, not only the failed ones")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=cmd_check)
     return parser
 
 
@@ -162,7 +226,11 @@ def main(argv=None):
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
-    except (UsageError, ValueError, TypeError, OSError) as exc:
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fm-ref: error: {exc.strerror or exc}{where}", file=sys.stderr, flush=True)
+        return 2
+    except (UsageError, ValueError, TypeError) as exc:
         print(f"fm-ref: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

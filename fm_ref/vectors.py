@@ -1,0 +1,373 @@
+"""Golden reference vectors: generate them (``fm-ref vectors``) and compare another
+implementation's results with them (``fm-ref check``).
+
+Schema (version 1), one JSON object::
+
+    {"schema_version": 1,
+     "generator": "fm_ref <version>",
+     "conventions": {...},                     # time direction, x₀/x₁, shapes
+     "cases": [{"id": str, "kind": str, "description": str,
+                "inputs": {name: number | nested list | str | dict},
+                "outputs": {name: number | nested list},
+                "tolerance": {"abs": float, "rel": float, "reason": str}}, ...]}
+
+Arrays are nested lists, batch first, float64 written with Python's shortest
+round-trip ``repr`` so that they read back bit for bit. A results file has the same
+top level with, per case, at least ``id`` and ``outputs``. An output element passes
+when |got − ref| ≤ abs + rel·|ref| (the error in units of the tolerance, as scipy's
+ODE tests measure it).
+
+Derivation: derivations/08-evaluation.md (EVAL.5) (EVAL.6)
+"""
+import json
+import math
+
+import numpy as np
+
+from . import __version__
+
+__all__ = ["SCHEMA_VERSION", "KINDS", "generate", "write_vectors", "load_json", "compare",
+           "case_arrays", "dumps"]
+
+SCHEMA_VERSION = 1
+
+CONVENTIONS = {
+    "time": "t in [0, 1]; t = 0 is the noise x_0 ~ N(0, I), t = 1 is the data x_1 ~ q",
+    "path": "x_t = sigma_t x_0 + alpha_t x_1",
+    "arrays": "batch first: points (n, d); t either a number or (n,), one time per point",
+    "mlp": "input [x, t] (then sin/cos(2 pi k t), k = 1..K); h = act(h W + b); last layer affine; "
+           "W of shape (fan_in, fan_out)",
+    "pass": "|got - ref| <= abs + rel * |ref| for every element",
+}
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _tolist(value):
+    """numpy arrays and scalars -> nested lists of Python floats (exact repr round trip)."""
+    if isinstance(value, dict):
+        return {k: _tolist(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tolist(v) for v in value]
+    if isinstance(value, (str, bool, int)) and not isinstance(value, np.generic):
+        return value
+    arr = np.asarray(value)
+    if arr.dtype.kind in "iu":
+        return arr.tolist()
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("outputs: a reference value is not finite")
+    return arr.tolist()
+
+
+def dumps(payload):
+    """The file's text: the header indented, one line per case (so that a diff names cases)."""
+    head = {k: v for k, v in payload.items() if k != "cases"}
+    lines = json.dumps(head, indent=1, ensure_ascii=False, allow_nan=False)[:-2]
+    cases = ",\n".join("  " + json.dumps(c, ensure_ascii=False, allow_nan=False) for c in payload["cases"])
+    return lines + ',\n "cases": [\n' + cases + "\n ]\n}\n"
+
+
+def generate(kinds=None, log=None):
+    """Build the reference payload (a dict following the schema).
+
+    Parameters
+    ----------
+    kinds : iterable of str, optional
+        Only these kinds of case (default: all of ``KINDS``).
+    log : callable, optional
+        Called with a progress message per kind.
+    """
+    kinds = tuple(KINDS if kinds is None else kinds)
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"kinds: expected a subset of {KINDS}, got {k!r}")
+    cases = []
+    for kind in kinds:
+        new = BUILDERS[kind]()
+        if log is not None:
+            log(f"  {kind}: {len(new)} cases")
+        cases.extend(new)
+    for case in cases:
+        case["inputs"] = _tolist(case["inputs"])
+        case["outputs"] = _tolist(case["outputs"])
+    return {"schema_version": SCHEMA_VERSION, "generator": f"fm_ref {__version__}",
+            "conventions": CONVENTIONS, "cases": cases}
+
+
+def write_vectors(path, kinds=None, log=None):
+    """Generate the vectors and write them to ``path``; returns the payload."""
+    payload = generate(kinds, log)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(dumps(payload))
+    return payload
+
+
+# ----------------------------------------------------------------------------- cases
+
+def _tol(abs_, rel, reason):
+    return {"abs": abs_, "rel": rel, "reason": reason}
+
+
+# Closed forms: another float64 implementation differs by a few ulps per operation
+# (libm's exp/sin/sqrt are not correctly rounded, operation order differs), so
+# 1e-12 relative sits ~4 orders above rounding and ~10 below any formula error.
+TOL_CLOSED = _tol(1e-14, 1e-12, "closed form in float64: a few ulps per operation; 1e-12 relative is "
+                               "4 orders above rounding and far below any formula error (EVAL.5)")
+# Mixture marginals: a softmax over log-joints of size L ≈ ‖x − αμ‖²/2σ² carries an
+# absolute rounding error ~ L·ε into the posterior weights (L ≤ ~1e3 for these points).
+TOL_MARGINAL = _tol(1e-12, 1e-10, "softmax over component log-densities of size up to ~1e3: "
+                                  "posterior weights carry ~1e3 ulps; 1e-10 leaves 2 orders (EVAL.5)")
+# Network outputs: sums of ~100 products through tanh/swish; a different summation
+# order or libm changes the result by ~100 ulps at most.
+TOL_NETWORK = _tol(1e-12, 1e-11, "MLP forward and Jacobian: sums of ~100 products through tanh/swish; "
+                                 "summation order and libm change ~100 ulps (EVAL.5)")
+
+#: (name, hyper-parameters) of the paths in the vectors.
+PATH_SPECS = (("condot", {"sigma_min": 0.0}), ("condot", {"sigma_min": 0.01}),
+              ("vp", {"beta_min": 0.1, "beta_max": 20.0}), ("linear_vp", {}), ("cosine", {}),
+              ("polynomial", {"n": 2.0}))
+
+
+def make_path(spec):
+    """A path from its spec {'name': ..., 'params': {...}} as written in the vectors."""
+    from .paths import PATHS
+
+    if not isinstance(spec, dict) or spec.get("name") not in PATHS:
+        raise ValueError(f"path: expected {{'name': one of {sorted(PATHS)}, 'params': {{...}}}}, got {spec!r}")
+    return PATHS[spec["name"]](**spec.get("params", {}))
+
+
+def _path_id(name, params):
+    return name + "".join(f"-{k}={v!r}" for k, v in params.items() if not (name == "condot" and v == 0.0))
+
+
+def _path_schedule_cases():
+    cases = []
+    for name, params in PATH_SPECS:
+        path = make_path({"name": name, "params": params})
+        t = np.arange(21) / 20.0
+        note = ""
+        if name in ("vp", "linear_vp"):
+            t, note = t[:-1], " (t = 1 left out: sigma'_t = -inf there)"
+        cases.append({
+            "id": f"path_schedule/{_path_id(name, params)}", "kind": "path_schedule",
+            "description": f"alpha_t, sigma_t and their t-derivatives of {path!r} on t = k/20{note}",
+            "inputs": {"path": {"name": name, "params": params}, "t": t},
+            "outputs": {"alpha_t": path.alpha_t(t), "sigma_t": path.sigma_t(t),
+                        "d_alpha_t": path.d_alpha_t(t), "d_sigma_t": path.d_sigma_t(t)},
+            "tolerance": TOL_CLOSED})
+    return cases
+
+
+def _conditional_path_cases():
+    cases = []
+    t = np.array([0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99])
+    for i, (name, params) in enumerate(PATH_SPECS):
+        path = make_path({"name": name, "params": params})
+        rng = np.random.default_rng(100 + i)
+        x_0, x_1, x = rng.normal(size=(8, 2)), rng.normal(0.0, 1.5, (8, 2)), rng.normal(0.0, 2.0, (8, 2))
+        x_t = path.sample(x_0, x_1, t)
+        cases.append({
+            "id": f"conditional_path/{_path_id(name, params)}", "kind": "conditional_path",
+            "description": f"{path!r}: x_t = sigma_t x_0 + alpha_t x_1; the conditional velocity "
+                           "u_t(x | x_1) at x_t and at free points x; log N(x; alpha_t x_1, sigma_t^2 I)",
+            "inputs": {"path": {"name": name, "params": params}, "t": t, "x_0": x_0, "x_1": x_1, "x": x},
+            "outputs": {"x_t": x_t, "u_t_at_x_t": path.conditional_velocity(x_t, x_1, t),
+                        "u_t_at_x": path.conditional_velocity(x, x_1, t),
+                        "log_p_at_x": path.conditional_log_prob(x, x_1, t)},
+            "tolerance": TOL_CLOSED})
+    return cases
+
+
+def _targets():
+    """Four fixed mixture targets (name, means, full covs, weights)."""
+    rot = np.array([[np.cos(0.6), -np.sin(0.6)], [np.sin(0.6), np.cos(0.6)]])
+    return [
+        ("mix2d", np.array([[-1.0, 0.5], [1.5, 1.0], [0.0, -2.0]]),
+         np.stack([np.diag([0.3, 0.1]), rot @ np.diag([1.0, 1e-4]) @ rot.T, 0.5 * np.eye(2)]),
+         np.array([0.5, 0.3, 0.2])),
+        ("mix1d", np.array([[-2.0], [1.0]]), np.array([[[0.25]], [[1.0]]]), np.array([0.4, 0.6])),
+        ("empirical2d", np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, -1.0], [2.0, 2.0], [-0.5, 1.5]]),
+         np.zeros((5, 2, 2)), np.full(5, 0.2)),
+        ("mix3d", np.array([[1.0, 0.0, -1.0], [-1.0, 1.0, 0.5]]),
+         np.stack([0.1 * np.eye(3), 0.5 * np.eye(3)]), np.array([0.75, 0.25])),
+    ]
+
+
+def _marginal_cases():
+    from .distributions import GaussianMixture
+    from .marginal import (marginal_log_prob, marginal_score, marginal_velocity, posterior_mean,
+                           posterior_noise_mean)
+
+    cases = []
+    t = np.array([0.0, 0.25, 0.5, 0.75, 0.9, 0.99])
+    for j, (tname, means, covs, weights) in enumerate(_targets()):
+        target = GaussianMixture(means, covs, weights)
+        d = means.shape[1]
+        x = np.random.default_rng(200 + j).normal(0.0, 1.5, (6, d))
+        x[2] = 10.0  # a far point, at t = 0.5
+        for name, params in PATH_SPECS:
+            path = make_path({"name": name, "params": params})
+            args = (target, path, x, t)
+            cases.append({
+                "id": f"marginal/{tname}/{_path_id(name, params)}", "kind": "marginal",
+                "description": f"closed-form marginals of {path!r} for the mixture '{tname}' "
+                               "(x_0 ~ N(0, I) independent of x_1 ~ target): log p_t(x), "
+                               "grad log p_t(x), E[x_1 | x_t = x], E[x_0 | x_t = x], u_t(x)",
+                "inputs": {"path": {"name": name, "params": params},
+                           "target": {"means": means, "covs": covs, "weights": weights}, "x": x, "t": t},
+                "outputs": {"log_p_t": marginal_log_prob(*args), "score": marginal_score(*args),
+                            "posterior_mean": posterior_mean(*args),
+                            "posterior_noise_mean": posterior_noise_mean(*args),
+                            "velocity": marginal_velocity(*args)},
+                "tolerance": TOL_MARGINAL})
+    return cases
+
+
+#: (case name, dim, hidden, activation, time features, seed) of the networks in the vectors.
+MLP_SPECS = (("tanh-2d", 2, (16, 16), "tanh", 0, 300), ("swish-3d", 3, (8, 8), "swish", 2, 301),
+             ("softplus-1d", 1, (12,), "softplus", 1, 302))
+
+
+def make_mlp(spec):
+    """An MLP from its spec {'dim', 'hidden', 'activation', 'time_features'}."""
+    from .nn import MLP
+
+    return MLP(spec["dim"], tuple(spec["hidden"]), spec["activation"], spec["time_features"])
+
+
+def params_from_json(params):
+    """[[W, b], ...] as written in the vectors -> a list of (W, b) float64 arrays."""
+    return [(np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)) for W, b in params]
+
+
+def _mlp_cases():
+    cases = []
+    for name, dim, hidden, act, k, seed in MLP_SPECS:
+        spec = {"dim": dim, "hidden": list(hidden), "activation": act, "time_features": k}
+        mlp = make_mlp(spec)
+        rng = np.random.default_rng(seed)
+        params = mlp.init(rng)
+        x, t = rng.normal(0.0, 1.5, (5, dim)), np.array([0.0, 0.2, 0.5, 0.8, 1.0])
+        v, jac = mlp.value_and_jacobian(params, x, t)
+        cases.append({
+            "id": f"mlp_divergence/{name}", "kind": "mlp_divergence",
+            "description": f"{mlp!r} with the given weights: v(x, t), its Jacobian dv_i/dx_j "
+                           "(n, d, d) and divergence tr(dv/dx)",
+            "inputs": {"mlp": spec, "params": [[W, b] for W, b in params], "x": x, "t": t},
+            "outputs": {"v": v, "jacobian": jac, "divergence": np.einsum("nii->n", jac)},
+            "tolerance": TOL_NETWORK})
+    return cases
+
+
+BUILDERS = {"path_schedule": _path_schedule_cases, "conditional_path": _conditional_path_cases,
+            "marginal": _marginal_cases, "mlp_divergence": _mlp_cases}
+#: The kinds of case, in the order they are generated.
+KINDS = tuple(BUILDERS)
+
+
+# ----------------------------------------------------------------------------- reading
+
+def load_json(path, what):
+    """Read a vectors or results file; malformed content raises ValueError naming ``what``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            payload = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: {path} is not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what}: {path} is not a UTF-8 text file") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{what}: expected a JSON object at the top level, got {type(payload).__name__}")
+    version = payload.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{what}: expected schema_version {SCHEMA_VERSION}, got {version!r}")
+    cases = payload.get("cases")
+    if not isinstance(cases, list):
+        raise ValueError(f"{what}: expected a list 'cases', got {type(cases).__name__}")
+    seen = set()
+    for i, case in enumerate(cases):
+        if not isinstance(case, dict) or not isinstance(case.get("id"), str):
+            raise ValueError(f"{what}: case {i} has no string 'id'")
+        if case["id"] in seen:
+            raise ValueError(f"{what}: case id {case['id']!r} appears twice")
+        seen.add(case["id"])
+        if not isinstance(case.get("outputs"), dict):
+            raise ValueError(f"{what}: case {case['id']!r} has no 'outputs' object")
+    return payload
+
+
+def case_arrays(values, what):
+    """A case's outputs (or inputs) as float64 arrays; ragged or non-numeric lists raise."""
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, (str, dict)):
+            out[name] = value
+            continue
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise ValueError(f"{what}: '{name}' is not a rectangular array of numbers") from None
+        out[name] = arr
+    return out
+
+
+def _case_errors(ref, got, tol):
+    """Max |got − ref|, max relative error (over ref ≠ 0), and max error/(abs + rel|ref|)."""
+    diff = np.abs(got - ref)
+    scale = tol["abs"] + tol["rel"] * np.abs(ref)
+    ratio = float(np.max(diff / scale)) if diff.size else 0.0
+    nz = ref != 0
+    rel = float(np.max(diff[nz] / np.abs(ref[nz]))) if np.any(nz) else 0.0
+    return float(np.max(diff)) if diff.size else 0.0, rel, ratio
+
+
+def compare(vectors, results, kinds=None):
+    """Compare results with reference vectors, case by case.
+
+    Parameters
+    ----------
+    vectors, results : dict
+        Payloads as returned by ``load_json``.
+    kinds : iterable of str, optional
+        Check only cases of these kinds (the results need hold only those).
+
+    Returns
+    -------
+    list of dict, one per checked case: id, kind, max_abs, max_rel, ratio (worst error in
+    units of the tolerance), tolerance, passed.
+
+    Raises ``ValueError`` for an incomplete or malformed results file (a missing case or
+    output, a wrong shape, non-finite values).
+    """
+    got_by_id = {c["id"]: c for c in results["cases"]}
+    ref_cases = [c for c in vectors["cases"] if kinds is None or c.get("kind") in kinds]
+    if not ref_cases:
+        raise ValueError(f"kinds: no reference case has a kind in {sorted(kinds)}")
+    missing = [c["id"] for c in ref_cases if c["id"] not in got_by_id]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"RESULTS: incomplete, {len(missing)} case(s) missing: "
+                         f"{', '.join(missing[:5])}{more} (use --kind to check only some kinds)")
+    report = []
+    for case in ref_cases:
+        cid = case["id"]
+        tol = case["tolerance"]
+        ref = case_arrays(case["outputs"], f"VECTORS case {cid!r}")
+        got = case_arrays(got_by_id[cid]["outputs"], f"RESULTS case {cid!r}")
+        worst = (0.0, 0.0, 0.0)
+        for name, r in ref.items():
+            if name not in got:
+                raise ValueError(f"RESULTS: case {cid!r} lacks the output '{name}'")
+            g = got[name]
+            if not isinstance(g, np.ndarray) or g.shape != r.shape:
+                shape = g.shape if isinstance(g, np.ndarray) else type(g).__name__
+                raise ValueError(f"RESULTS: case {cid!r} output '{name}' expected shape {r.shape}, got {shape}")
+            if not np.all(np.isfinite(g)):
+                raise ValueError(f"RESULTS: case {cid!r} output '{name}' has NaN or inf")
+            errs = _case_errors(r, g, tol)
+            worst = tuple(max(a, b) for a, b in zip(worst, errs))
+        report.append({"id": cid, "kind": case.get("kind", ""), "max_abs": worst[0], "max_rel": worst[1],
+                       "ratio": worst[2], "abs": tol["abs"], "rel": tol["rel"], "passed": bool(worst[2] <= 1.0)})
+    return report
