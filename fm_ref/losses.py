@@ -74,6 +74,14 @@ def conditional_target(path, t, x_0, x_1):
     return x_t, u_t
 
 
+def _marginal_target(target, path, x, t, velocity):
+    if velocity is None:
+        return marginal_velocity(target, path, x, t)
+    if not callable(velocity):
+        raise TypeError(f"velocity: expected a callable velocity(x, t), got {type(velocity).__name__}")
+    return velocity(x, t)
+
+
 def _weighted_sq_error(model, params, x, t, target, weights):
     diff = model(params, x, t) - target
     return np.sum(weights * np.sum(diff**2, axis=1))
@@ -99,11 +107,12 @@ def cfm_loss(model, params, path, t, x_0, x_1):
     return _weighted_sq_error(model, params, x_t, t, u_t, onp.full(n, 1.0 / n))
 
 
-def fm_loss(model, params, path, target, t, x_0, x_1):
+def fm_loss(model, params, path, target, t, x_0, x_1, velocity=None):
     """Monte Carlo L_FM: mean of ‖v_θ(x_t, t) − u_t(x_t)‖², x_t = σ_t x₀ + α_t x₁ ~ p_t.
 
-    The target is the closed-form marginal velocity of ``target`` (fm_ref.marginal);
-    on the same (t, x₀, x₁) as ``cfm_loss`` this gives common random numbers.
+    The regression target is the closed-form marginal velocity of ``target``
+    (fm_ref.marginal), or ``velocity(x, t) -> (n, d)`` if given (t an (n,) array); on
+    the same (t, x₀, x₁) as ``cfm_loss`` this gives common random numbers.
 
     Derivation: derivations/04-flow-matching.md (FM.1)
     """
@@ -111,7 +120,7 @@ def fm_loss(model, params, path, target, t, x_0, x_1):
     _check_target(target)
     x_t, _ = conditional_target(path, t, x_0, x_1)
     t = onp.broadcast_to(t, (x_t.shape[0],))
-    u_t = marginal_velocity(target, path, x_t, t)
+    u_t = _marginal_target(target, path, x_t, t, velocity)
     n = x_t.shape[0]
     return _weighted_sq_error(model, params, x_t, t, u_t, onp.full(n, 1.0 / n))
 
@@ -258,15 +267,17 @@ def cfm_loss_quadrature(model, params, path, target, n_t=16, n_x=12, t_min=0.0, 
     return _weighted_sq_error(model, params, x_t, t, u_t, w / (t_max - t_min))
 
 
-def fm_loss_quadrature(model, params, path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0):
+def fm_loss_quadrature(model, params, path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0, velocity=None):
     """L_FM by the deterministic rule of ``fm_quadrature_nodes``, divided by (t_max − t_min).
+
+    ``velocity(x, t)`` replaces the closed-form marginal velocity if given.
 
     Derivation: derivations/04-flow-matching.md (FM.6)
     """
     _check_model(model)
     t, x, w = fm_quadrature_nodes(path, target, n_t, n_x, t_min, t_max)
     path._check_d_sigma(t)
-    u_t = marginal_velocity(target, path, x, t)
+    u_t = _marginal_target(target, path, x, t, velocity)
     return _weighted_sq_error(model, params, x, t, u_t, w / (t_max - t_min))
 
 
