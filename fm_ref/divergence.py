@@ -1,0 +1,283 @@
+"""Divergence ∇·f = tr ∂f/∂x of a batched vector field f(x, t): exact and stochastic.
+
+Three routes to the same trace, used against one another in the tests:
+
+- ``jacobian`` / ``divergence``: exact, by reverse-mode autograd. One forward pass of
+  the batch-summed field, then d vector–Jacobian products with the basis vectors e_i;
+  row i of the per-sample Jacobian is the gradient of Σ_n f_i(x_n, t), because sample
+  n's output depends on sample n's input only (the field acts pointwise).
+- ``mlp_value_and_divergence``: the closed-form forward-mode trace of an ``MLP``
+  (derivations/06-cnf.md (CNF.8)), in plain NumPy for ODE inner loops.
+- ``divergence_hutchinson``: the unbiased estimator εᵀ(∂f/∂x)ε with Rademacher or
+  Gaussian probes ε, one VJP per probe.
+
+A field is any callable ``f(x, t) -> array (n, d)`` with x of shape (n, d) and t a
+float, written in ``autograd.numpy`` for the autograd routes. It must act pointwise
+(row n of the output depends on row n of x only); a field that mixes samples has a
+Jacobian of shape (n d, n d) and these functions would return the wrong thing.
+"""
+import autograd.numpy as np
+import numpy as onp
+from autograd import make_vjp
+
+from ._validate import as_float_array, as_generator, as_points, as_positive_int, as_time
+
+__all__ = [
+    "jacobian",
+    "divergence",
+    "value_and_divergence",
+    "divergence_hutchinson",
+    "hutchinson_variance",
+    "draw_probes",
+    "mlp_value_and_divergence",
+    "PROBES",
+]
+
+#: Probe distributions for Hutchinson's estimator, with their fourth moment E[ε⁴].
+PROBES = {"rademacher": 1.0, "gaussian": 3.0}
+
+
+def _check_field(f, x, t):
+    """Validate (f, x, t) at a public entry point; t must be a float here."""
+    if not callable(f):
+        raise TypeError(f"f: expected a callable f(x, t) -> array (n, d), got {type(f).__name__}")
+    x = as_points(x, "x")
+    t = as_time(t)
+    if onp.ndim(t) != 0:
+        raise ValueError(f"t: expected a float (one time for the whole batch), got shape {onp.shape(t)}")
+    return x, t
+
+
+def _vjp_and_value(f, x, t):
+    vjp, value = make_vjp(lambda z: f(z, t))(x)
+    if onp.shape(value) != onp.shape(x):
+        raise ValueError(f"f: expected f(x, t) of shape {onp.shape(x)} (the shape of x), got {onp.shape(value)}")
+    return vjp, value
+
+
+def _rows(vjp, n, d):
+    """The d VJPs with e_i: J[:, i, :] = ∂(Σ_n f_i)/∂x, shape (d, n, d)."""
+    rows = []
+    for i in range(d):
+        e_i = onp.zeros((n, d))
+        e_i[:, i] = 1.0
+        rows.append(vjp(e_i))
+    return rows
+
+
+def jacobian(f, x, t):
+    """The per-sample Jacobian J[n, i, j] = ∂f_i(x_n, t)/∂x_j, shape (n, d, d).
+
+    Parameters
+    ----------
+    f : callable, f(x, t) -> array of shape (n, d), pointwise in the batch
+    x : array, shape (n, d)
+    t : float in [0, 1]
+
+    Returns
+    -------
+    ndarray, shape (n, d, d)
+
+    Derivation: derivations/06-cnf.md (CNF.7)
+    """
+    x, t = _check_field(f, x, t)
+    n, d = x.shape
+    vjp, _ = _vjp_and_value(f, x, t)
+    return onp.stack([onp.asarray(r) for r in _rows(vjp, n, d)], axis=1)
+
+
+def value_and_divergence(f, x, t):
+    """(f(x, t), ∇·f(x, t)) of shapes (n, d) and (n,): one forward pass, d VJPs.
+
+    ∇·f(x_n) = Σ_i e_iᵀ J(x_n) e_i, where e_iᵀ J is a reverse pass of Σ_n f_i.
+
+    Derivation: derivations/06-cnf.md (CNF.7)
+    """
+    x, t = _check_field(f, x, t)
+    return _value_and_divergence(f, x, t)
+
+
+def _value_and_divergence(f, x, t):
+    """``value_and_divergence`` without validation (ODE inner loops); t a float."""
+    n, d = x.shape
+    vjp, value = _vjp_and_value(f, x, t)
+    div = 0.0
+    for i, row in enumerate(_rows(vjp, n, d)):
+        div = div + row[:, i]
+    return value, div
+
+
+def divergence(f, x, t):
+    """∇·f(x, t) = tr ∂f/∂x, shape (n,), exact (autograd, d reverse passes).
+
+    Derivation: derivations/06-cnf.md (CNF.7)
+    """
+    return value_and_divergence(f, x, t)[1]
+
+
+def draw_probes(rng, shape, probe="rademacher"):
+    """Probe vectors ε for Hutchinson's estimator: i.i.d. entries, E ε = 0, E ε² = 1.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    shape : tuple, e.g. (n_probes, n, d)
+    probe : {'rademacher', 'gaussian'}
+        Rademacher: ±1 with probability ½ each (E ε⁴ = 1); Gaussian: N(0, 1) (E ε⁴ = 3).
+
+    Returns
+    -------
+    ndarray of the given shape
+    """
+    rng = as_generator(rng)
+    if probe not in PROBES:
+        raise ValueError(f"probe: expected one of {sorted(PROBES)}, got {probe!r}")
+    if probe == "gaussian":
+        return rng.standard_normal(shape)
+    return rng.choice(onp.array([-1.0, 1.0]), size=shape)
+
+
+def divergence_hutchinson(f, x, t, rng=None, n_probes=1, probe="rademacher", eps=None):
+    """Hutchinson's unbiased estimate of ∇·f: the mean over probes of εᵀ (∂f/∂x) ε, shape (n,).
+
+    Parameters
+    ----------
+    f : callable, f(x, t) -> array of shape (n, d)
+    x : array, shape (n, d)
+    t : float in [0, 1]
+    rng : numpy.random.Generator, optional
+        Draws ``n_probes`` probes per point; needed unless ``eps`` is given.
+    n_probes : int
+    probe : {'rademacher', 'gaussian'}
+    eps : array, shape (n_probes, n, d) or (n, d), optional
+        FIXED probes. Inside one ODE solve the probe must be held fixed, otherwise
+        the right-hand side is a different function at every evaluation
+        (derivations/06-cnf.md (CNF.9)); ``fm_ref.cnf.CNF.log_prob`` passes it here.
+
+    Returns
+    -------
+    ndarray, shape (n,); its variance per probe is given by ``hutchinson_variance``.
+
+    Derivation: derivations/06-cnf.md (CNF.9)
+    """
+    x, t = _check_field(f, x, t)
+    eps = _probes(x, rng, n_probes, probe, eps)
+    return _divergence_hutchinson(f, x, t, eps)[1]
+
+
+def _probes(x, rng, n_probes, probe, eps):
+    """Validate or draw the probes; returns shape (n_probes, n, d)."""
+    if eps is None:
+        if rng is None:
+            raise TypeError("rng: expected a numpy.random.Generator to draw probes (or pass eps), got None")
+        n_probes = as_positive_int(n_probes, "n_probes")
+        return draw_probes(rng, (n_probes,) + x.shape, probe)
+    eps = as_float_array(eps, "eps")
+    if eps.shape == x.shape:
+        eps = eps[None]
+    if eps.ndim != 3 or eps.shape[1:] != x.shape:
+        raise ValueError(f"eps: expected shape (n_probes, {x.shape[0]}, {x.shape[1]}) or {x.shape}, got {eps.shape}")
+    return eps
+
+
+def _divergence_hutchinson(f, x, t, eps):
+    """(f(x, t), mean_k ε_kᵀ J ε_k) without validation; eps of shape (K, n, d)."""
+    vjp, value = _vjp_and_value(f, x, t)
+    est = 0.0
+    for e in eps:
+        est = est + np.sum(vjp(e) * e, axis=1)
+    return value, est / eps.shape[0]
+
+
+def hutchinson_variance(A, probe="rademacher"):
+    """Var[εᵀ A ε] for one probe, per matrix: ‖A‖_F² + tr(A²) + (E ε⁴ − 3) Σ_i A_ii².
+
+    Gaussian probes: ‖A‖_F² + tr(A²) = 2‖S‖_F², S = (A + Aᵀ)/2.
+    Rademacher probes: ‖A‖_F² + tr(A²) − 2 Σ_i A_ii² = 2 Σ_{i≠j} S_ij².
+
+    Parameters
+    ----------
+    A : array, shape (n, d, d) or (d, d)
+    probe : {'rademacher', 'gaussian'}
+
+    Returns
+    -------
+    ndarray, shape (n,) (or a float for one matrix)
+
+    Derivation: derivations/06-cnf.md (CNF.10)
+    """
+    if probe not in PROBES:
+        raise ValueError(f"probe: expected one of {sorted(PROBES)}, got {probe!r}")
+    A = as_float_array(A, "A")
+    if A.ndim not in (2, 3) or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A: expected square matrices of shape (n, d, d) or (d, d), got {A.shape}")
+    frob = onp.sum(A * A, axis=(-2, -1))
+    tr_sq = onp.einsum("...ij,...ji->...", A, A)
+    diag_sq = onp.sum(onp.diagonal(A, axis1=-2, axis2=-1) ** 2, axis=-1)
+    return frob + tr_sq + (PROBES[probe] - 3.0) * diag_sq
+
+
+def mlp_value_and_divergence(mlp, params, x, t):
+    """(v_θ(x, t), ∇·v_θ(x, t)) of an ``MLP``, shapes (n, d) and (n,), closed form.
+
+    The forward-mode tangents T_ℓ = ∂h_ℓ/∂x are carried as (d, n, h_ℓ) arrays so that
+    each layer's product is a single (d n, h) @ (h, h') matrix product; the trace is
+    Σ_i T_{L−1}[i] W_L[:, i], never forming the Jacobian. Plain NumPy (not for autograd);
+    the autograd-differentiable version is ``MLP.value_and_divergence``.
+
+    Parameters
+    ----------
+    mlp : fm_ref.nn.MLP with out_dim = in_dim = dim
+    params : list of (W, b)
+    x : array, shape (n, d)
+    t : float in [0, 1]
+
+    Derivation: derivations/06-cnf.md (CNF.8)
+    """
+    from .nn import MLP
+
+    if not isinstance(mlp, MLP):
+        raise TypeError(f"mlp: expected an fm_ref.nn.MLP, got {type(mlp).__name__}")
+    if mlp.out_dim != mlp.in_dim:
+        raise ValueError(f"mlp: the divergence needs out_dim == in_dim, got {mlp.out_dim} and {mlp.in_dim}")
+    mlp.check_params(params)
+    x = as_points(x, "x", dim=mlp.in_dim)
+    t = as_time(t)
+    if onp.ndim(t) != 0:
+        raise ValueError(f"t: expected a float, got shape {onp.shape(t)}")
+    return _mlp_value_and_divergence(mlp, params, x, t)
+
+
+def _time_features(mlp, t):
+    """[t, sin 2πkt, cos 2πkt] for k = 1..K, shape (1 + 2K,), for a float t."""
+    if not mlp.time_features:
+        return onp.array([t])
+    k = 2.0 * onp.pi * onp.arange(1, mlp.time_features + 1)
+    return onp.concatenate([[t], onp.sin(k * t), onp.cos(k * t)])
+
+
+def _mlp_value_and_divergence(mlp, params, x, t):
+    """``mlp_value_and_divergence`` without validation (the ODE right-hand side)."""
+    n, d = x.shape
+    W, b = params[0]
+    if len(params) == 1:  # affine: v = [x, t] W + b, ∇·v = tr W[:d]
+        value = x @ W[:d] + (_time_features(mlp, t) @ W[d:] + b)
+        return value, onp.full(n, onp.trace(W[:d]))
+    tanh = mlp.activation == "tanh"
+    a = x @ W[:d] + (_time_features(mlp, t) @ W[d:] + b)
+    h = onp.tanh(a) if tanh else mlp.act(a)
+    dphi = 1.0 - h * h if tanh else mlp.d_act(a)
+    tangent = W[:d][:, None, :] * dphi[None]  # (d, n, h1): T_1 = W_1[:d] ⊙ φ'(a_1)
+    for W, b in params[1:-1]:
+        a = h @ W + b
+        h = onp.tanh(a) if tanh else mlp.act(a)
+        dphi = 1.0 - h * h if tanh else mlp.d_act(a)
+        width = W.shape[1]
+        tangent = (tangent.reshape(d * n, -1) @ W).reshape(d, n, width)
+        tangent *= dphi[None]
+    W, b = params[-1]
+    value = h @ W + b
+    div = tangent[0] @ W[:, 0]
+    for i in range(1, d):
+        div += tangent[i] @ W[:, i]
+    return value, div
