@@ -260,9 +260,45 @@ def _mlp_cases():
             "tolerance": TOL_NETWORK})
     return cases
 
+# The reference CNF solve (DOP853, order 8) and the looser solve whose distance from it
+# estimates the reference's error (the error of the looser solve bounds the tighter's).
+CNF_REF_TOL, CNF_CHECK_TOL = 1e-13, 1e-12
+#: (case name, dim, hidden, activation, time features, seed) of the CNF cases.
+CNF_SPECS = (("tanh-2d", 2, (16, 16), "tanh", 0, 400), ("swish-3d", 3, (8, 8), "swish", 2, 401))
+
+
+def _cnf_cases():
+    from .cnf import CNF
+
+    cases = []
+    for name, dim, hidden, act, k, seed in CNF_SPECS:
+        spec = {"dim": dim, "hidden": list(hidden), "activation": act, "time_features": k}
+        mlp = make_mlp(spec)
+        rng = np.random.default_rng(seed)
+        params = mlp.init(rng)
+        x = rng.normal(0.0, 1.5, (6, dim))
+        ref = CNF.from_mlp(mlp, params, method="DOP853", rtol=CNF_REF_TOL, atol=CNF_REF_TOL).log_prob(x)
+        loose = CNF.from_mlp(mlp, params, method="DOP853", rtol=CNF_CHECK_TOL, atol=CNF_CHECK_TOL).log_prob(x)
+        err = float(max(np.max(np.abs(ref.log_prob - loose.log_prob)), np.max(np.abs(ref.x - loose.x))))
+        cases.append({
+            "id": f"cnf_log_prob/{name}", "kind": "cnf_log_prob",
+            "description": f"CNF dx/dt = v(x, t) with {mlp!r} and the given weights, base N(0, I) at "
+                           "t = 0: log p_1(x) by the augmented ODE with the exact divergence, solved "
+                           "from t = 1 back to t = 0, and x_0, the point x pulled back to t = 0. "
+                           f"Reference: DOP853, rtol = atol = {CNF_REF_TOL:g}; suggested for your "
+                           "solve: rtol = atol <= 1e-9",
+            "inputs": {"mlp": spec, "params": [[W, b] for W, b in params], "x": x, "t0": 0.0, "t1": 1.0,
+                       "base": "standard normal N(0, I_d) at t0"},
+            "outputs": {"log_prob": ref.log_prob, "x_0": ref.x},
+            "tolerance": _tol(1e-7, 1e-8, "adaptive ODE solve at rtol = atol = 1e-9 (dopri5 error ~4e-10 "
+                                          "here) plus the reference's own error; a missing or wrong "
+                                          "divergence term is O(1) (EVAL.6)")
+            | {"reference_error": err}})
+    return cases
+
 
 BUILDERS = {"path_schedule": _path_schedule_cases, "conditional_path": _conditional_path_cases,
-            "marginal": _marginal_cases, "mlp_divergence": _mlp_cases}
+            "marginal": _marginal_cases, "mlp_divergence": _mlp_cases, "cnf_log_prob": _cnf_cases}
 #: The kinds of case, in the order they are generated.
 KINDS = tuple(BUILDERS)
 
