@@ -1,0 +1,228 @@
+"""L_FM and L_CFM, and Theorem 2: ∇θ L_FM = ∇θ L_CFM (derivations/04-flow-matching.md).
+
+Routes: the losses by deterministic quadrature against the Monte Carlo estimators (5
+standard errors); the gradient identity by quadrature (gap → 0 as nodes are added) and
+by Monte Carlo on common random numbers (z-scores); the θ-free constant against its
+closed form (FM.8). Each identity check is also shown to reject a wrong target.
+"""
+import numpy as np
+import pytest
+from autograd import grad
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fm_ref.distributions import Empirical, GaussianMixture, StandardNormal
+from fm_ref.losses import (cfm_loss, cfm_loss_quadrature, cfm_quadrature_nodes, conditional_energy,
+                           conditional_target, fm_loss, fm_loss_quadrature, fm_quadrature_nodes,
+                           sample_training_batch)
+from fm_ref.marginal import marginal_velocity
+from fm_ref.nn import MLP
+from fm_ref.paths import VP, CondOT, Cosine
+from fm_ref.train import tree_flatten
+from fm_ref.verify.foundation import (QUAD_GAP_D1, QUAD_GAP_D2, Z_BOUND, example_target,
+                                      gradient_gap_quadrature, loss_gap_constant, mc_gradient_z)
+
+from strategies import mixtures, paths, seeds
+
+# Quadrature against Monte Carlo: the Monte Carlo error bound, 5 standard errors.
+MC_Z = 5.0
+# The hand-written backward pass against autograd: same operations, different order.
+BACKPROP_RTOL = 1e-12
+
+
+def _small_model(dim, seed, hidden=(16,)):
+    model = MLP(dim, hidden)
+    return model, model.init(np.random.default_rng(seed))
+
+
+def _dropped_sigma_term(target, path):
+    """A wrong marginal velocity: u_t without its σ'_t E[x₀|x] term."""
+    from fm_ref.marginal import posterior_mean
+
+    def velocity(x, t):
+        return path.d_alpha_t(t)[:, None] * posterior_mean(target, path, x, t)
+
+    return velocity
+
+
+# ------------------------------------------------------------------ rules
+
+
+@pytest.mark.parametrize("target", [example_target(dim=1, k=2), Empirical(np.array([[0.5], [-1.0]]))])
+def test_quadrature_rules_integrate_moments(target):
+    """The rules reproduce E[x₁] and E‖x_t‖² = σ² d + α² E‖x₁‖² (closed forms)."""
+    path = CondOT(0.1)
+    t, x_0, x_1, w = cfm_quadrature_nodes(path, target, n_t=4, n_x=64)
+    assert np.isclose(w.sum(), 1.0, rtol=1e-13, atol=0)
+    assert np.allclose((w[:, None] * x_1).sum(0) / w.sum(), target.mean(), rtol=1e-12, atol=1e-13)
+    tf, x, wf = fm_quadrature_nodes(path, target, n_t=4, n_x=64)
+    second = (wf * np.sum(x**2, axis=1)).sum()
+    ts, tw = np.polynomial.legendre.leggauss(4)
+    ts, tw = 0.5 * (ts + 1), 0.5 * tw
+    exact = np.sum(tw * (path.sigma_t(ts) ** 2 * target.dim + path.alpha_t(ts) ** 2 * target.second_moment()))
+    assert abs(second - exact) <= 1e-12 * exact
+
+
+@settings(max_examples=6)
+@given(target=mixtures(dim=1, k_max=2, min_var=0.2), path=paths(sigma_min_positive=True), seed=seeds)
+def test_quadrature_losses_match_monte_carlo(target, path, seed):
+    """Both losses by quadrature lie within 5 standard errors of their Monte Carlo means."""
+    model, params = _small_model(1, seed % 1000)
+    rng = np.random.default_rng(seed)
+    t, x_0, x_1 = sample_training_batch(target, 20000, rng, t_max=0.9)
+    x_t, u_c = conditional_target(path, t, x_0, x_1)
+    v = model(params, x_t, t)
+    per_cfm = np.sum((v - u_c) ** 2, axis=1)
+    per_fm = np.sum((v - marginal_velocity(target, path, x_t, t)) ** 2, axis=1)
+    for per, quad in ((per_cfm, cfm_loss_quadrature(model, params, path, target, n_t=24, n_x=96, t_max=0.9)),
+                      (per_fm, fm_loss_quadrature(model, params, path, target, n_t=24, n_x=96, t_max=0.9))):
+        se = per.std(ddof=1) / np.sqrt(per.size)
+        assert abs(per.mean() - quad) <= MC_Z * se
+    # the estimators of the package agree with the per-sample means above
+    assert np.isclose(cfm_loss(model, params, path, t, x_0, x_1), per_cfm.mean(), rtol=1e-12)
+    assert np.isclose(fm_loss(model, params, path, target, t, x_0, x_1), per_fm.mean(), rtol=1e-12)
+
+
+def test_conditional_energy_matches_monte_carlo():
+    """E‖α'x₁ + σ'x₀‖² in closed form (FM.8) against the sample mean, 5 standard errors."""
+    target, path = example_target(dim=2), Cosine()
+    t, x_0, x_1 = sample_training_batch(target, 200000, np.random.default_rng(3))
+    _, u = conditional_target(path, t, x_0, x_1)
+    e = np.sum(u**2, axis=1)
+    assert abs(e.mean() - conditional_energy(path, target, n_t=40)) <= MC_Z * e.std(ddof=1) / np.sqrt(e.size)
+
+
+# ------------------------------------------------------------------ Theorem 2, quadrature
+
+
+@settings(max_examples=8)
+@given(target=mixtures(dim=1, k_max=2, min_var=0.2), path=paths(sigma_min_positive=True), seed=seeds)
+def test_gradient_identity_by_quadrature_d1(target, path, seed):
+    """‖∇L_CFM − ∇L_FM‖ / ‖∇L_CFM‖ ≤ 1e-9 in d = 1 (the issue's bound)."""
+    model, params = _small_model(1, seed % 1000)
+    gap = gradient_gap_quadrature(model, params, path, target, n_t=4, n_x=160, t_max=0.95)
+    assert gap <= QUAD_GAP_D1
+
+
+@settings(max_examples=6)
+@given(seed=seeds, path=paths(), k=st.integers(1, 4))
+def test_gradient_identity_by_quadrature_d2(seed, path, k):
+    """≤ 1e-5 in d = 2 for a data set of k points (the exact sum over components)."""
+    rng = np.random.default_rng(seed)
+    target = Empirical(rng.normal(0.0, 1.5, (k, 2)))
+    model, params = _small_model(2, seed % 1000)
+    assert gradient_gap_quadrature(model, params, path, target, n_t=4, n_x=48, t_max=0.95) <= QUAD_GAP_D2
+
+
+def test_gradient_gap_shrinks_as_nodes_are_added():
+    """The gap falls with the node count (exponential convergence of the trapezoid rule)."""
+    target, (model, params) = example_target(dim=1, k=2), _small_model(1, 0)
+    gaps = [gradient_gap_quadrature(model, params, CondOT(0.01), target, n_t=4, n_x=n) for n in (16, 32, 64, 128)]
+    assert all(b < a / 10 for a, b in zip(gaps, gaps[1:-1])), gaps
+    assert gaps[-1] <= QUAD_GAP_D1
+
+
+def test_quadrature_identity_rejects_a_wrong_marginal_velocity():
+    """The same gap, with σ'E[x₀|x] dropped from u_t, is far above the tolerance."""
+    target, (model, params) = example_target(dim=1, k=2), _small_model(1, 0)
+    path = CondOT(0.01)
+    gap = gradient_gap_quadrature(model, params, path, target, n_t=4, n_x=96,
+                                  velocity=_dropped_sigma_term(target, path))
+    assert gap > 1e3 * QUAD_GAP_D1
+
+
+def test_loss_difference_is_a_constant_in_theta():
+    """L_CFM(θ) − L_FM(θ) is the same at three θ and equals E‖u(x|x₁)‖² − E‖u(x)‖² (FM.3)."""
+    target = example_target(dim=1, k=2)
+    model = MLP(1, (16,))
+    params = [model.init(np.random.default_rng(s), scale=2.0) for s in (1, 2, 3)]
+    gaps, constant = loss_gap_constant(model, params, Cosine(), target, n_t=6, n_x=160, t_max=0.99)
+    assert np.all(np.abs(gaps - constant) <= QUAD_GAP_D1 * abs(constant))
+    assert constant > 0  # Jensen: E‖u(x|x₁)‖² ≥ E‖E[u(x|x₁)|x]‖²
+
+
+def test_loss_difference_depends_on_theta_for_a_wrong_target():
+    """With a wrong u_t the difference changes with θ: the constancy check can fail."""
+    target, path = example_target(dim=1, k=2), Cosine()
+    model = MLP(1, (16,))
+    wrong = _dropped_sigma_term(target, path)
+    diffs = []
+    for s in (1, 2):
+        p = model.init(np.random.default_rng(s), scale=2.0)
+        diffs.append(cfm_loss_quadrature(model, p, path, target, n_t=6, n_x=96, t_max=0.99)
+                     - fm_loss_quadrature(model, p, path, target, n_t=6, n_x=96, t_max=0.99, velocity=wrong))
+    assert abs(diffs[0] - diffs[1]) > 1e3 * QUAD_GAP_D1 * abs(diffs[0])
+
+
+# ------------------------------------------------------------------ Theorem 2, Monte Carlo
+
+
+@settings(max_examples=5)
+@given(target=mixtures(k_max=3), path=paths(sigma_min_positive=True), seed=seeds)
+def test_gradient_identity_by_monte_carlo(target, path, seed):
+    """Every coordinate of mean ∇θ(L_CFM − L_FM) is within 5 standard errors of zero.
+
+    Common random numbers: both estimators see the same (t, x₀, x₁). t ≤ 0.95 because
+    σ'_t² is not integrable at t = 1 for VP/LinearVP (infinite variance, (FM.7)).
+    """
+    model, params = _small_model(target.dim, seed % 1000, hidden=(6,))
+    z = mc_gradient_z(model, params, path, target, np.random.default_rng(seed), n_batches=60, batch=50, t_max=0.95)
+    assert np.max(z) <= Z_BOUND
+
+
+def test_monte_carlo_identity_rejects_a_wrong_marginal_velocity():
+    """The same z-test flags u_t with its σ' term dropped."""
+    target, path = example_target(dim=2), CondOT(0.01)
+    model, params = _small_model(2, 4, hidden=(6,))
+    z = mc_gradient_z(model, params, path, target, np.random.default_rng(5), n_batches=60, batch=50,
+                      velocity=_dropped_sigma_term(target, path))
+    assert np.max(z) > 3 * Z_BOUND
+
+
+# ------------------------------------------------------------------ fast backward pass
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "swish"])
+def test_hand_written_backward_matches_autograd(activation):
+    rng = np.random.default_rng(0)
+    model = MLP(3, (7, 5), activation=activation, time_features=2)
+    params = model.init(rng)
+    x, t, y = rng.standard_normal((9, 3)), rng.uniform(size=9), rng.standard_normal((9, 3))
+    loss, g = model.sq_error_and_grad(params, x, t, y)
+    ref = grad(lambda p: np.sum((model(p, x, t) - y) ** 2) / 9)(params)
+    assert abs(loss - np.sum((model(params, x, t) - y) ** 2) / 9) <= BACKPROP_RTOL * loss
+    a, b = tree_flatten(g), tree_flatten(ref)
+    assert np.max(np.abs(a - b)) <= BACKPROP_RTOL * np.max(np.abs(b))
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_input_names_the_argument():
+    model, params = _small_model(2, 0)
+    path, target = CondOT(), example_target(dim=2)
+    t, x_0, x_1 = np.full(3, 0.5), np.zeros((3, 2)), np.ones((3, 2))
+    with pytest.raises(ValueError, match="x_1"):
+        cfm_loss(model, params, path, t, x_0, np.ones((4, 2)))
+    with pytest.raises(ValueError, match="t"):
+        cfm_loss(model, params, path, np.full(4, 0.5), x_0, x_1)
+    with pytest.raises(ValueError, match="t"):
+        cfm_loss(model, params, path, np.full(3, 1.5), x_0, x_1)
+    with pytest.raises(TypeError, match="path"):
+        cfm_loss(model, params, "condot", t, x_0, x_1)
+    with pytest.raises(TypeError, match="model"):
+        cfm_loss(None, params, path, t, x_0, x_1)
+    with pytest.raises(TypeError, match="target"):
+        fm_loss(model, params, path, StandardNormal, t, x_0, x_1)
+    with pytest.raises(ValueError, match="x_0"):
+        fm_loss(model, params, path, target, t, np.full((3, 2), np.nan), x_1)
+    with pytest.raises(ValueError, match="n_x"):
+        cfm_loss_quadrature(model, params, path, target, n_x=1)
+    with pytest.raises(ValueError, match="n_x"):
+        cfm_loss_quadrature(model, params, path, GaussianMixture(np.zeros((1, 2)), np.ones(1)), n_x=400)
+    with pytest.raises(ValueError, match="t_max"):
+        fm_loss_quadrature(model, params, path, target, t_max=0.0)
+    with pytest.raises(TypeError, match="rng"):
+        sample_training_batch(target, 3, 0)
+    with pytest.raises(TypeError, match="velocity"):
+        fm_loss(model, params, path, target, t, x_0, x_1, velocity=3)
