@@ -68,3 +68,32 @@ def points(draw, dim, n=None, scale=2.0):
     n = draw(st.integers(1, 6)) if n is None else n
     rng = np.random.default_rng(draw(seeds))
     return rng.normal(0.0, scale, (n, dim))
+
+
+# ---- cnf (divergence, CNF, adjoint)
+
+@st.composite
+def mlp_fields(draw, dim=None, hidden=None):
+    """(mlp, params): a randomly initialised smooth MLP v_θ(x, t) in R^dim, from a seed.
+
+    Mixes the three activations, sinusoidal time features and weight scales, so that
+    the closed-form divergence meets tanh, softplus and swish second derivatives."""
+    from fm_ref.nn import MLP
+
+    d = draw(dims) if dim is None else dim
+    widths = draw(st.sampled_from([(), (8,), (16,), (8, 8), (16, 16)])) if hidden is None else hidden
+    mlp = MLP(d, widths, activation=draw(st.sampled_from(["tanh", "softplus", "swish"])),
+              time_features=draw(st.sampled_from([0, 0, 2])))
+    params = mlp.init(np.random.default_rng(draw(seeds)), scale=draw(st.sampled_from([0.5, 1.0, 2.0])))
+    return mlp, params
+
+
+@st.composite
+def square_matrices(draw, dim=None, scale=1.0):
+    """A (non-symmetric) d × d matrix, from a seed; the anchor is a rotation-plus-shear."""
+    d = draw(st.integers(1, 4)) if dim is None else dim
+    if draw(st.booleans()) and d >= 2:
+        A = np.eye(d)
+        A[0, 1], A[1, 0] = 2.0, -1.0
+        return scale * A
+    return scale * np.random.default_rng(draw(seeds)).normal(0.0, 1.0, (d, d))
