@@ -4,11 +4,7 @@ Parameters are lists of ``(W, b)`` tuples (or any nesting of lists/tuples of arr
 Adam keeps its moment estimates in the same structure. Progress is reported through
 an optional ``callback(step, loss, params)``; training loops never print by themselves.
 """
-import time
-
-import autograd.numpy as np
 import numpy as onp
-from autograd import value_and_grad
 
 from ._validate import as_finite_float, as_generator, as_positive_int
 
@@ -31,19 +27,35 @@ def tree_flatten(tree):
     return onp.ravel(onp.asarray(tree, dtype=onp.float64))
 
 
+def _leaves(tree):
+    """The arrays of a pytree, depth first."""
+    if isinstance(tree, (list, tuple)):
+        return [leaf for child in tree for leaf in _leaves(child)]
+    return [tree]
+
+
+def _rebuild(tree, leaves):
+    """A pytree shaped like ``tree`` holding ``leaves`` (consumed from an iterator)."""
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_rebuild(child, leaves) for child in tree)
+    return next(leaves)
+
+
 def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, callback=None):
     """Minimise with Adam (Kingma & Ba 2015).
+
+    m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  θ ← θ − lr · (m/(1−β₁ᵏ)) / (√(v/(1−β₂ᵏ)) + ε).
 
     Parameters
     ----------
     loss_and_grad : callable
         ``loss_and_grad(params, step) -> (loss, grad)``, grad shaped like params; the
         step index lets the caller draw a fresh mini-batch from its own Generator.
-    params : pytree of arrays
+    params : pytree of arrays (not modified)
     steps : int
     lr, b1, b2, eps : float
     callback : callable, optional
-        ``callback(step, loss, params)`` after each step.
+        ``callback(step, loss, params)`` after each step (params are fresh arrays each step).
 
     Returns
     -------
@@ -52,21 +64,25 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
     """
     steps = as_positive_int(steps, "steps")
     lr = as_finite_float(lr, "lr", lo=0.0, lo_open=True)
-    m = tree_map(onp.zeros_like, params)
-    v = tree_map(onp.zeros_like, params)
+    theta = [onp.array(leaf, dtype=onp.float64) for leaf in _leaves(params)]
+    m = [onp.zeros_like(leaf) for leaf in theta]
+    v = [onp.zeros_like(leaf) for leaf in theta]
     losses = onp.empty(steps)
     for i in range(steps):
-        loss, g = loss_and_grad(params, i)
+        loss, g = loss_and_grad(_rebuild(params, iter(theta)), i)
         if not onp.isfinite(loss):
             raise FloatingPointError(f"adam: the loss became {loss} at step {i}; lower lr")
         losses[i] = loss
-        m = tree_map(lambda m_, g_: b1 * m_ + (1.0 - b1) * g_, m, g)
-        v = tree_map(lambda v_, g_: b2 * v_ + (1.0 - b2) * g_ * g_, v, g)
         c1, c2 = 1.0 - b1 ** (i + 1), 1.0 - b2 ** (i + 1)
-        params = tree_map(lambda p, m_, v_: p - lr * (m_ / c1) / (onp.sqrt(v_ / c2) + eps), params, m, v)
+        for j, g_j in enumerate(_leaves(g)):
+            m[j] *= b1
+            m[j] += (1.0 - b1) * g_j
+            v[j] *= b2
+            v[j] += (1.0 - b2) * (g_j * g_j)
+            theta[j] = theta[j] - (lr / c1) * m[j] / (onp.sqrt(v[j] / c2) + eps)
         if callback is not None:
-            callback(i, float(loss), params)
-    return params, losses
+            callback(i, float(loss), _rebuild(params, iter(theta)))
+    return _rebuild(params, iter(theta)), losses
 
 
 def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, callback=None,
@@ -118,9 +134,20 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
         params = mlp.init(rng)
     mlp.check_params(params)
 
+    sample_training_batch(source, 1, onp.random.default_rng(0), t_min, t_max)  # validates the range
+    try:
+        conditional_target(path, onp.array([t_min, t_max]), onp.zeros((2, mlp.dim)), onp.zeros((2, mlp.dim)))
+    except ValueError as exc:
+        raise ValueError(f"t_max: {exc}") from None
+
     def loss_and_grad(p, step):
-        t, x_0, x_1 = sample_training_batch(source, batch, rng, t_min, t_max)
-        x_t, u_t = conditional_target(path, t, x_0, x_1)
+        # (PATH.1), (PATH.4) on validated inputs, without re-validating every step
+        t = t_min + (t_max - t_min) * rng.uniform(size=batch)
+        x_0 = rng.standard_normal((batch, mlp.dim))
+        x_1 = source.sample(batch, rng)
+        tc = t[:, None]
+        x_t = path._sigma(tc) * x_0 + path._alpha(tc) * x_1
+        u_t = path._d_sigma(tc) * x_0 + path._d_alpha(tc) * x_1
         return mlp._sq_error_and_grad(p, x_t, t, u_t)
 
     return adam(loss_and_grad, params, steps, lr=lr, callback=callback)

@@ -5,7 +5,7 @@ import pytest
 from fm_ref.distributions import make_toy
 from fm_ref.losses import cfm_loss_quadrature
 from fm_ref.nn import MLP
-from fm_ref.paths import CondOT
+from fm_ref.paths import VP, CondOT
 from fm_ref.train import adam, train_cfm, tree_flatten
 from fm_ref.verify.foundation import example_target
 
@@ -62,6 +62,8 @@ def test_bad_input_names_the_argument():
         train_cfm(mlp, "ot", np.zeros((5, 2)), 2, np.random.default_rng(0))
     with pytest.raises(TypeError, match="mlp"):
         train_cfm(lambda p, x, t: x, CondOT(), np.zeros((5, 2)), 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="t_max"):  # σ'² is not integrable at t = 1 for VP
+        train_cfm(mlp, VP(), np.zeros((5, 2)), 2, np.random.default_rng(0))
     with pytest.raises(ValueError, match="lr"):
         adam(lambda p, s: (0.0, p), [np.zeros(1)], 2, lr=-1.0)
     with pytest.raises(FloatingPointError, match="loss"):
