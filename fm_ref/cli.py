@@ -181,6 +181,37 @@ def cmd_check(args):
     return 1 if failed else 0
 
 
+# ----------------------------------------------------------------------------- bench
+
+def cmd_bench(args):
+    from .bench import run_bench
+
+    check_writable(args.json)
+    out = run_bench(repeats=args.repeats, quick=args.quick, log=_say)
+    m = out["machine"]
+    _say(f"\nmachine: {m['nproc']} usable cores ({m['cpu_count']} total), {m['cpu_model']}; "
+         f"python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}")
+    _say(f"medians over {args.repeats} repeat(s){' (--quick sizes)' if args.quick else ''}\n")
+    rows = [[r["name"], r["size"], f"{r['median_s'] * 1e3:.2f}",
+             f"{r['rate']:.4g} {r['rate_unit']}" if r["rate"] is not None else "-", r["notes"]]
+            for r in out["results"]]
+    _say(format_table(["operation", "size", "median ms", "rate", "notes"], rows, align="llrrl"))
+    if args.json:
+        _write_json(args.json, out)
+        _say(f"wrote {args.json}")
+    return 0
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser():
@@ -214,6 +245,12 @@ def build_parser():
     p.add_argument("--all", action="store_true", help="list every case, not only the failed ones")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("bench", help="time divergence, CNF log-likelihood, CFM training and flow log_prob")
+    p.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="repeats per timing (median; default 3)")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

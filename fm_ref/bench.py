@@ -1,0 +1,143 @@
+"""``fm-ref bench``: time the operations that matter, medians over repeats.
+
+Each benchmark returns a record ``{"name", "size", "median_s", "times_s", "repeats",
+"rate", "rate_unit", "notes"}``; ``run_bench`` collects them with a description of
+the machine. All work is float64 on the CPU, with fixed seeds.
+"""
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from . import __version__
+
+__all__ = ["machine_info", "median_time", "bench_divergence", "bench_cfm_training",
+           "bench_flow_log_prob", "bench_cnf_log_prob", "run_bench"]
+
+
+def machine_info():
+    """nproc, the CPU model, and the versions that set the speed."""
+    import scipy
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {"nproc": usable, "cpu_count": os.cpu_count(), "cpu_model": model,
+            "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "fm_ref": __version__, "platform": platform.platform()}
+
+
+def median_time(fn, repeats, warmup=True):
+    """Median wall time of ``fn()`` over ``repeats`` calls (after one warm-up call).
+
+    Returns (median seconds, list of the times, the last return value).
+    """
+    out = fn() if warmup else None
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times, out
+
+
+def _record(name, size, med, times, rate=None, rate_unit="", notes=""):
+    return {"name": name, "size": size, "median_s": med, "times_s": times, "repeats": len(times),
+            "rate": rate, "rate_unit": rate_unit, "notes": notes}
+
+
+def _mlp_and_points(n, seed=0):
+    from .nn import MLP
+
+    rng = np.random.default_rng(seed)
+    mlp = MLP(2, (64, 64))
+    return mlp, mlp.init(rng), rng.normal(size=(n, 2))
+
+
+def bench_divergence(repeats, n=1000):
+    """Exact divergence of MLP(2, (64, 64)) at n points: autograd (d reverse passes) vs
+    the closed-form forward-mode trace of ``MLP.divergence``."""
+    from .divergence import divergence
+
+    mlp, params, x = _mlp_and_points(n)
+    field = lambda z, t: mlp.apply(params, z, t)  # noqa: E731
+    med_ag, times_ag, div_ag = median_time(lambda: divergence(field, x, 0.5), repeats)
+    med_an, times_an, div_an = median_time(lambda: mlp.divergence(params, x, 0.5), repeats)
+    gap = float(np.max(np.abs(div_ag - div_an)))
+    size = f"n={n}, d=2, MLP 2->64->64->2"
+    return [_record("divergence, autograd", size, med_ag, times_ag, n / med_ag, "points/s",
+                    f"max |autograd - analytic| = {gap:.1e}"),
+            _record("divergence, analytic", size, med_an, times_an, n / med_an, "points/s",
+                    f"{med_ag / med_an:.1f}x faster than autograd")]
+
+
+def bench_cfm_training(repeats, steps=200):
+    """CFM training steps per second: ``train_cfm`` with batch 256, MLP(2, (64, 64)),
+    CondOT, 8gaussians data, float64 (batch sampling and Adam included)."""
+    from .distributions import make_toy
+    from .nn import MLP
+    from .paths import CondOT
+    from .train import train_cfm
+
+    rng = np.random.default_rng(0)
+    data = make_toy("8gaussians", 10_000, rng)
+    mlp = MLP(2, (64, 64))
+    params = mlp.init(rng)
+    med, times, _ = median_time(lambda: train_cfm(mlp, CondOT(), data, steps, rng, batch=256, params=params),
+                                repeats)
+    return [_record("CFM training", f"{steps} steps, batch 256, MLP 2->64->64->2", med, times, steps / med,
+                    "steps/s", "train_cfm: batch draw, forward, backward, Adam")]
+
+
+def bench_flow_log_prob(repeats, n=1000):
+    """Exact log p of n 2-D points under ``default_flow(2)`` (8 affine couplings)."""
+    from .flows import default_flow
+
+    rng = np.random.default_rng(0)
+    flow = default_flow(2)
+    params = flow.init(rng)
+    x = rng.normal(size=(n, 2))
+    med, times, _ = median_time(lambda: flow.log_prob(params, x), repeats)
+    return [_record("flow log_prob", f"n={n}, d=2, {len(flow.layers)} layers (default_flow)", med, times,
+                    n / med, "points/s", "exact log-det, inverse pass")]
+
+
+def bench_cnf_log_prob(repeats, n=1000):
+    """CNF log-likelihood of n 2-D points at two tolerances (``fm_ref.bench_cnf``)."""
+    try:
+        from . import bench_cnf
+    except ImportError:
+        return []
+    return bench_cnf.bench_log_prob(repeats=repeats, n=n)
+
+
+def run_bench(repeats=3, quick=False, log=None):
+    """Run every benchmark; returns {"machine": ..., "results": [records]}.
+
+    ``quick`` shrinks the work (fewer CFM steps, fewer points) for smoke tests.
+    """
+    say = log or (lambda msg: None)
+    n = 200 if quick else 1000
+    results = []
+    for label, fn in (("exact divergence", lambda: bench_divergence(repeats, n)),
+                      ("CNF log-likelihood", lambda: bench_cnf_log_prob(repeats, n)),
+                      ("CFM training", lambda: bench_cfm_training(repeats, 20 if quick else 200)),
+                      ("flow log_prob", lambda: bench_flow_log_prob(repeats, n))):
+        start = time.perf_counter()
+        say(f"  {label} ...")
+        new = fn()
+        results.extend(new)
+        say(f"  {label}: {len(new)} result(s) in {time.perf_counter() - start:.1f} s")
+    return {"machine": machine_info(), "repeats": repeats, "quick": quick, "results": results}
