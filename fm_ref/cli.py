@@ -22,6 +22,26 @@ from . import __version__
 
 __all__ = ["main", "format_table"]
 
+#: Environment variables that set the BLAS thread count.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _default_single_threaded_blas():
+    """Use one BLAS thread unless the user chose a count (must run before numpy loads).
+
+    fm_ref's matrices are small (batch 256 × width 64): a multi-threaded BLAS spends
+    more time waking threads than multiplying, and on a loaded machine it is 5-15×
+    slower than one thread (measured: 256×64 by 64×64 products, 165 µs with one thread,
+    2.5 ms with two under load). Set OPENBLAS_NUM_THREADS yourself to override.
+    """
+    if "numpy" in sys.modules or any(v in os.environ for v in BLAS_THREAD_VARS):
+        return
+    for var in BLAS_THREAD_VARS:
+        os.environ[var] = "1"
+
+
+_default_single_threaded_blas()
+
 #: The groups of theorem checks in ``fm_ref.verify``.
 VERIFY_GROUPS = ("foundation", "cnf", "flows")
 
@@ -191,6 +211,7 @@ def cmd_bench(args):
     m = out["machine"]
     _say(f"\nmachine: {m['nproc']} usable cores ({m['cpu_count']} total), {m['cpu_model']}; "
          f"python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}")
+    _say(f"BLAS threads: {m['blas_threads']}")
     _say(f"medians over {args.repeats} repeat(s){' (--quick sizes)' if args.quick else ''}\n")
     rows = [[r["name"], r["size"], f"{r['median_s'] * 1e3:.2f}",
              f"{r['rate']:.4g} {r['rate_unit']}" if r["rate"] is not None else "-", r["notes"]]
