@@ -28,6 +28,11 @@ Z_MAX = 5.0
 N_MC = 20000
 
 
+def fewer(fraction):
+    """max_examples as a fraction of the loaded profile's (ci: 20, thorough: 400), for slow properties."""
+    return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))
+
+
 def assert_within_z(estimate, expected, standard_error):
     z = np.abs(np.asarray(estimate) - expected) / np.maximum(standard_error, 1e-300)
     assert np.all(z <= Z_MAX), f"z-scores {z}"
@@ -74,7 +79,7 @@ def test_moments_match_the_law_of_total_covariance(q):
     assert abs(q.second_moment() - (np.trace(cov) + m @ m)) <= CLOSED_FORM_RTOL * scale * q.dim
 
 
-@settings(max_examples=10)
+@fewer(0.5)
 @given(mixtures(), seeds)
 def test_sample_moments_match_within_five_standard_errors(q, seed):
     x = q.sample(N_MC, np.random.default_rng(seed))
@@ -127,7 +132,7 @@ def test_float32_input_is_converted_to_float64():
 # ------------------------------------------------------------ Empirical, StandardNormal
 
 
-@settings(max_examples=10)
+@fewer(0.5)
 @given(st.integers(1, 4), dims, seeds)
 def test_empirical_samples_its_points_with_their_weights(k, d, seed):
     rng = np.random.default_rng(seed)
@@ -163,7 +168,7 @@ def test_standard_normal_log_prob_matches_scipy(d, data):
     assert p.second_moment() == d
 
 
-@settings(max_examples=5)
+@fewer(0.25)
 @given(dims, seeds)
 def test_standard_normal_samples_have_zero_mean_unit_covariance(d, seed):
     x = StandardNormal(d).sample(N_MC, np.random.default_rng(seed))

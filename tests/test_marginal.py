@@ -51,6 +51,11 @@ EPS = float(np.finfo(np.float64).eps)
 REJECT_MIN = 1e-3
 
 
+def fewer(fraction):
+    """max_examples as a fraction of the loaded profile's (ci: 20, thorough: 400), for slow properties."""
+    return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))
+
+
 def rel_err(got, want, scale=None):
     """max |got − want| / scale (default max |want|)."""
     got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
@@ -207,7 +212,7 @@ def _marginal_case(target, path, seed, n=4):
     return x, t
 
 
-@settings(max_examples=12)
+@fewer(0.6)
 @given(mixtures(), paths(), seeds)
 def test_theorem_1_marginal_velocity_generates_the_marginal_path(target, path, seed):
     x, t = _marginal_case(target, path, seed)
@@ -296,7 +301,7 @@ def _all_finite(target, path, x, t):
     return out
 
 
-@settings(max_examples=10)
+@fewer(0.5)
 @given(mixtures(), paths(), interior_times, seeds)
 def test_far_points_are_finite_and_agree_with_autograd_and_scipy(target, path, t, seed):
     x = np.random.default_rng(seed).normal(0.0, 1.0, (3, target.dim))

@@ -47,6 +47,11 @@ ROUND_TRIP_RTOL = 1e-10
 KNOWN_ANSWER_RTOL = 1e-12
 
 
+def fewer(fraction):
+    """max_examples as a fraction of the loaded profile's (ci: 20, thorough: 400), for slow properties."""
+    return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))
+
+
 def rel_err(got, want):
     """max |got − want| / max |want| (a zero reference counts as scale 1e-300)."""
     got, want = np.asarray(got, dtype=float), np.asarray(want, dtype=float)
@@ -193,7 +198,7 @@ def _conditional_case(path, d, seed, n=4):
     return x, x_1, t
 
 
-@settings(max_examples=10)
+@fewer(0.5)
 @given(paths(), dims, seeds)
 def test_conditional_density_satisfies_the_continuity_equation(path, d, seed):
     x, x_1, t = _conditional_case(path, d, seed)
