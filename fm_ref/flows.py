@@ -223,7 +223,7 @@ def train_flow_mle(flow, data, steps, rng, lr=1e-3, batch=256, params=None, call
     params : the trained parameters
     losses : ndarray, shape (steps,), the mini-batch NLL (nats per point) at each step
 
-    Derivation: derivations/07-normalizing-flows.md (NF.23)
+    Derivation: derivations/07-normalizing-flows.md (NF.24)
     """
     if not isinstance(flow, Flow):
         raise TypeError(f"flow: expected a Flow, got {type(flow).__name__}")
@@ -265,7 +265,7 @@ def gaussian_baseline_nll(train, test):
     -------
     float
 
-    Derivation: derivations/07-normalizing-flows.md (NF.24)
+    Derivation: derivations/07-normalizing-flows.md (NF.25)
     """
     train = as_points(train, "train")
     test = as_points(test, "test", dim=train.shape[1])

@@ -21,7 +21,7 @@ __all__ = ["AffineCoupling", "MaskedAutoregressive", "made_masks"]
 def _bounded(raw, bound):
     """s = c·tanh(raw/c): |s| < c, and s ≈ raw for |raw| ≪ c.
 
-    Derivation: derivations/07-normalizing-flows.md (NF.10)
+    Derivation: derivations/07-normalizing-flows.md (NF.11)
     """
     return bound * tanh(raw / bound)
 
@@ -46,8 +46,10 @@ class AffineCoupling(Layer):
     """RealNVP affine coupling (Dinh, Sohl-Dickstein & Bengio 2017).
 
     With the kept set A = {i: mask_i = 1} and the transformed set B = {i: mask_i = 0}:
-    x_A = z_A,  x_B = z_B ⊙ exp(s(z_A)) + t(z_A),  log|det ∂x/∂z| = Σ_{i∈B} s_i(z_A).
-    The inverse is closed-form: z_A = x_A, z_B = (x_B − t(x_A)) ⊙ exp(−s(x_A)).
+    x_A = z_A,  x_B = z_B ⊙ exp(s(z_A)) + t(z_A),  log|det ∂x/∂z| = Σ_{i∈B} s_i(z_A)
+    (derivations/07-normalizing-flows.md (NF.9)).
+    The inverse is closed-form: z_A = x_A, z_B = (x_B − t(x_A)) ⊙ exp(−s(x_A))
+    (derivations/07-normalizing-flows.md (NF.10)).
 
     (s_raw, t) = MLP(z_A, t=0.0) with the project's ``fm_ref.nn.MLP`` (in_dim = |A|,
     out_dim = 2|B|; the MLP's time input is held at the constant 0.0, which it sees
@@ -129,7 +131,7 @@ def made_masks(degrees, hidden):
     -------
     list of float arrays, shapes (d, h_1), ..., (h_L, 2d)
 
-    Derivation: derivations/07-normalizing-flows.md (NF.11)
+    Derivation: derivations/07-normalizing-flows.md (NF.12)
     """
     d = len(degrees)
     layer_degrees = [onp.asarray(degrees)]
@@ -175,7 +177,7 @@ class MaskedAutoregressive(Layer):
     identity). For d = 1 there are no earlier coordinates: s and t are the output
     biases, an elementwise affine map.
 
-    Derivation: derivations/07-normalizing-flows.md (NF.12)
+    Derivation: derivations/07-normalizing-flows.md (NF.13)
     """
 
     def __init__(self, dim, hidden=(64, 64), order=None, conditioner="z", activation="tanh", scale_bound=3.0):
@@ -213,7 +215,7 @@ class MaskedAutoregressive(Layer):
     def log_scale_and_shift(self, params, y):
         """(s, t), each shape (n, d): s_i, t_i depend on the y_j of smaller degree only.
 
-        Derivation: derivations/07-normalizing-flows.md (NF.11)
+        Derivation: derivations/07-normalizing-flows.md (NF.12)
         """
         h = y
         for (W, b), M in zip(params[:-1], self.masks[:-1]):
@@ -225,7 +227,7 @@ class MaskedAutoregressive(Layer):
     def _recursion(self, params, known, step):
         """Solve u = step(known, s(u), t(u)) by d passes from u = 0; returns (u, s).
 
-        Derivation: derivations/07-normalizing-flows.md (NF.13)
+        Derivation: derivations/07-normalizing-flows.md (NF.14)
         """
         u = np.zeros(known.shape)
         for _ in range(self.dim):

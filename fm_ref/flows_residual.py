@@ -10,7 +10,7 @@ comes from the implicit-function theorem, so log_prob (which uses the inverse) c
 differentiated by autograd. The radial one is a quadratic in the radius, solved in
 closed form with the cancellation-free root.
 
-Derivation: derivations/07-normalizing-flows.md (NF.14)
+Derivation: derivations/07-normalizing-flows.md (NF.18)
 """
 import autograd.numpy as np
 import numpy as onp
@@ -43,7 +43,11 @@ def _fprime(a, sp):
 
 
 def _solve_planar(sp, y):
-    """The root of f(a) = a + (sp − 1) tanh(a) − y for each y (plain NumPy)."""
+    """The root of F(a) = a + (sp − 1) tanh(a) − y for each y (plain NumPy), by Newton
+    steps inside the shrinking bracket [y − |m|, y + |m|], bisection when a step leaves it.
+
+    Derivation: derivations/07-normalizing-flows.md (NF.18)
+    """
     m = sp - 1.0
     lo, hi = y - abs(m), y + abs(m)
     a = onp.clip(y - m * onp.tanh(y), lo, hi)
@@ -91,7 +95,7 @@ class Planar(Layer):
 
     log|det ∂x/∂z| = log(1 + sech²(a) wᵀû) = log(tanh²(a) + sech²(a) softplus(wᵀu)),
     a = wᵀz + b (a convex combination of 1 and softplus(wᵀu), so never ≤ 0 unless
-    softplus(wᵀu) underflows, wᵀu < −745).
+    softplus(wᵀu) underflows, wᵀu < −745); derivations/07-normalizing-flows.md (NF.16).
 
     Inverse: a solves a + m tanh(a) = wᵀx + b (``planar_root``, to ROOT_TOL), and
     z = x − û tanh(a).
@@ -155,7 +159,8 @@ class Radial(Layer):
 
     Inverse: ρ = ‖x − z₀‖ = r (r + sp)/(α + r) is the quadratic r² + (sp − ρ) r − αρ = 0,
     whose non-negative root is taken in cancellation-free form; then
-    z = z₀ + (x − z₀)(α + r)/(r + sp).
+    z = z₀ + (x − z₀)(α + r)/(r + sp) (derivations/07-normalizing-flows.md (NF.23));
+    the reparameterisation of α, β is derivations/07-normalizing-flows.md (NF.22).
 
     Derivation: derivations/07-normalizing-flows.md (NF.20)
     """
