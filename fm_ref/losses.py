@@ -13,8 +13,10 @@ expectations by Gauss–Legendre nodes in t, the trapezoid rule for Gaussian wei
 for Gaussian components) and the exact sum over the target's components (FM.5, FM.6).
 
 For VP and LinearVP, σ'_t² ~ 1/(1 − t) near t = 1, so E‖u_t(x_t|x₁)‖² is not
-integrable on [0, 1] and both losses are infinite (their gradients still agree at each
-t). Use ``t_max < 1`` with those paths (derivations/04-flow-matching.md (FM.7)).
+integrable on [0, 1]: L_CFM is infinite (L_FM too for a data set; it stays finite for
+non-singular Σ_k), while the gradients still agree at each t. The quadrature functions
+therefore require ``t_max < 1`` with those paths, and so should Monte Carlo training
+(derivations/04-flow-matching.md (FM.7)).
 """
 import autograd.numpy as np
 import numpy as onp
@@ -177,13 +179,23 @@ def _gauss_legendre(n_t, t_min, t_max):
     return t_min + 0.5 * (t_max - t_min) * (s + 1.0), 0.5 * (t_max - t_min) * w
 
 
+def _validate_time_range(path, t_min, t_max):
+    """0 ≤ t_min < t_max ≤ 1, and t_max < 1 where σ'_t diverges at 1 (FM.7)."""
+    t_min = as_finite_float(t_min, "t_min", lo=0.0, hi=1.0)
+    t_max = as_finite_float(t_max, "t_max", lo=t_min, hi=1.0, lo_open=True)
+    try:
+        path._check_d_sigma(t_max)
+    except ValueError as exc:
+        raise ValueError(f"t_max: {exc} (σ'_t² is not integrable up to t = 1)") from None
+    return t_min, t_max
+
+
 def _validate_quadrature(path, target, n_t, n_x, t_min, t_max):
     _check_path(path)
     _check_target(target)
     n_t = as_positive_int(n_t, "n_t")
     n_x = as_positive_int(n_x, "n_x", minimum=2)
-    t_min = as_finite_float(t_min, "t_min", lo=0.0, hi=1.0)
-    t_max = as_finite_float(t_max, "t_max", lo=t_min, hi=1.0, lo_open=True)
+    t_min, t_max = _validate_time_range(path, t_min, t_max)
     point_masses = int(onp.sum(onp.all(target.eigvals == 0.0, axis=1)))
     per_t = n_x**target.dim * (point_masses + (target.k - point_masses) * n_x**target.dim)
     if per_t * n_t > _MAX_NODES:
@@ -292,8 +304,7 @@ def conditional_energy(path, target, n_t=16, t_min=0.0, t_max=1.0):
     _check_path(path)
     _check_target(target)
     n_t = as_positive_int(n_t, "n_t")
-    t, w = _gauss_legendre(n_t, as_finite_float(t_min, "t_min", 0.0, 1.0),
-                           as_finite_float(t_max, "t_max", 0.0, 1.0))
-    path._check_d_sigma(t)
+    t_min, t_max = _validate_time_range(path, t_min, t_max)
+    t, w = _gauss_legendre(n_t, t_min, t_max)
     integrand = path._d_alpha(t) ** 2 * target.second_moment() + path._d_sigma(t) ** 2 * target.dim
     return float(onp.sum(w * integrand) / (t_max - t_min))

@@ -143,8 +143,9 @@ class AffinePath:
         -------
         array, shape (n, d)
 
-        Raises ``ValueError`` where a divisor vanishes: σ_t = 0 (from x1, to or from
-        score), α_t = 0 (from eps or score to x1/velocity) or D_t = α'_tσ_t − α_tσ'_t.
+        Raises ``ValueError`` where a divisor vanishes: σ_t = 0 (from x1 to anything
+        but x1; to score), α_t = 0 (from eps or score to x1 or velocity) or
+        D_t = α'_tσ_t − α_tσ'_t (from velocity).
 
         Derivation: derivations/05-conversions.md (CONV.1)
         """

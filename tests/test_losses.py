@@ -48,6 +48,19 @@ def _dropped_sigma_term(target, path):
 # ------------------------------------------------------------------ rules
 
 
+@settings(max_examples=10)
+@given(path=paths(), seed=seeds)
+def test_conditional_target_is_the_time_derivative_of_the_path(path, seed):
+    """u_t(x_t | x₁) = α'x₁ + σ'x₀ (PATH.4) against autograd's d/dt of sample (PATH.1)."""
+    from autograd import elementwise_grad
+
+    rng = np.random.default_rng(seed)
+    t, x_0, x_1 = rng.uniform(0.02, 0.98, 4), rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
+    _, u = conditional_target(path, t, x_0, x_1)
+    du = np.stack([elementwise_grad(lambda t_, i=i: path.sample(x_0, x_1, t_)[:, i])(t) for i in range(2)], axis=1)
+    assert np.max(np.abs(u - du)) <= 1e-10 * np.max(np.abs(du))  # autograd tier (DESIGN.md)
+
+
 @pytest.mark.parametrize("target", [example_target(dim=1, k=2), Empirical(np.array([[0.5], [-1.0]]))])
 def test_quadrature_rules_integrate_moments(target):
     """The rules reproduce E[x₁] and E‖x_t‖² = σ² d + α² E‖x₁‖² (closed forms)."""
@@ -222,6 +235,10 @@ def test_bad_input_names_the_argument():
         cfm_loss_quadrature(model, params, path, GaussianMixture(np.zeros((1, 2)), np.ones(1)), n_x=400)
     with pytest.raises(ValueError, match="t_max"):
         fm_loss_quadrature(model, params, path, target, t_max=0.0)
+    with pytest.raises(ValueError, match="t_max"):  # σ'² of VP is not integrable up to t = 1
+        fm_loss_quadrature(model, params, VP(), target, n_t=2, n_x=4)
+    with pytest.raises(ValueError, match="t_max"):
+        conditional_energy(CondOT(), target, t_min=0.5, t_max=0.5)
     with pytest.raises(TypeError, match="rng"):
         sample_training_batch(target, 3, 0)
     with pytest.raises(TypeError, match="velocity"):
