@@ -24,6 +24,7 @@ Derivation: derivations/07-normalizing-flows.md (NF.3)
 import autograd.numpy as np
 import numpy as onp
 from autograd import value_and_grad
+from autograd.tracer import getval
 
 from ._validate import as_generator, as_points, as_positive_int
 from .distributions import LOG_2PI, StandardNormal
@@ -85,11 +86,12 @@ class Flow:
 
     def check_params(self, params):
         """Raise unless ``params`` is a list of per-layer parameters of the right shapes."""
-        if not isinstance(params, (list, tuple)) or len(params) != len(self.layers):
-            got = f"length {len(params)}" if isinstance(params, (list, tuple)) else type(params).__name__
+        plain = getval(params)  # an autograd SequenceBox when differentiating the whole list
+        if not isinstance(plain, (list, tuple)) or len(plain) != len(self.layers):
+            got = f"length {len(plain)}" if isinstance(plain, (list, tuple)) else type(plain).__name__
             raise TypeError(f"params: expected a list of {len(self.layers)} per-layer parameters, got {got}")
-        for layer, p in zip(self.layers, params):
-            layer.check_params(p)
+        for k, layer in enumerate(self.layers):
+            layer.check_params(params[k])
 
     def data_init(self, params, x):
         """Data-dependent initialisation of every ElementwiseAffine layer.

@@ -50,12 +50,13 @@ def check_tree(params, template, name="params", where=""):
     """Raise unless ``params`` has the nesting and leaf shapes of ``template``, with
     finite floating-point leaves (autograd boxes are looked through)."""
     if isinstance(template, (list, tuple)):
-        if not isinstance(params, (list, tuple)) or len(params) != len(template):
-            got = f"{type(params).__name__} of length {len(params)}" if isinstance(params, (list, tuple)) \
-                else type(params).__name__
+        plain = getval(params)  # an autograd SequenceBox when differentiating the whole list
+        if not isinstance(plain, (list, tuple)) or len(plain) != len(template):
+            got = f"{type(plain).__name__} of length {len(plain)}" if isinstance(plain, (list, tuple)) \
+                else type(plain).__name__
             raise TypeError(f"{name}: expected a list/tuple of {len(template)} entries{where}, got {got}")
-        for i, (p, t) in enumerate(zip(params, template)):
-            check_tree(p, t, name, f"{where}[{i}]")
+        for i, t in enumerate(template):
+            check_tree(params[i], t, name, f"{where}[{i}]")
         return
     raw = onp.asarray(getval(params))
     if raw.dtype.kind != "f":

@@ -97,3 +97,91 @@ def square_matrices(draw, dim=None, scale=1.0):
         A[0, 1], A[1, 0] = 2.0, -1.0
         return scale * A
     return scale * np.random.default_rng(draw(seeds)).normal(0.0, 1.0, (d, d))
+
+
+# ---- flows (normalizing-flow layers)
+
+#: The layer kinds `flow_layers` draws; 'made_z' / 'made_x' are MaskedAutoregressive with
+#: conditioner 'z' (inverse by recursion) / 'x' (forward by recursion).
+FLOW_LAYER_KINDS = ("elementwise", "permutation", "reverse", "coupling", "made_z", "made_x", "planar", "radial")
+
+
+def make_flow_layer(kind, dim, rng, hidden=(8,)):
+    """A layer of ``kind`` in R^dim; orders, permutations and masks drawn from ``rng``."""
+    from fm_ref import flows
+
+    if kind == "elementwise":
+        return flows.ElementwiseAffine(dim)
+    if kind == "permutation":
+        return flows.Permutation(dim, rng.permutation(dim))
+    if kind == "reverse":
+        return flows.Reverse(dim)
+    if kind == "coupling":
+        mask = rng.permutation(np.arange(dim) < rng.integers(1, dim)).astype(float)  # both 0s and 1s
+        return flows.AffineCoupling(dim, mask=mask, hidden=hidden, activation=str(rng.choice(["tanh", "swish"])))
+    if kind in ("made_z", "made_x"):
+        return flows.MaskedAutoregressive(dim, hidden=hidden, order=rng.permutation(dim), conditioner=kind[-1])
+    if kind == "planar":
+        return flows.Planar(dim)
+    if kind == "radial":
+        return flows.Radial(dim)
+    raise ValueError(kind)
+
+
+def _random_like(template, rng, scale):
+    from fm_ref.train import tree_map
+
+    return tree_map(lambda leaf: scale * rng.standard_normal(np.shape(leaf)), template)
+
+
+@st.composite
+def flow_layers(draw, dim=None, kinds=FLOW_LAYER_KINDS, scale=None):
+    """(layer, params): a layer of a drawn kind (coupling only for d ≥ 2) whose raw
+    parameters are all drawn N(0, scale²) from an explicit seed."""
+    d = draw(dims) if dim is None else dim
+    kind = draw(st.sampled_from([k for k in kinds if k != "coupling" or d >= 2]))
+    rng = np.random.default_rng(draw(seeds))
+    hidden = draw(st.sampled_from([(8,), (4, 4), (16,)]))
+    layer = make_flow_layer(kind, d, rng, hidden)
+    s = draw(st.sampled_from([0.1, 0.5, 1.0, 2.0])) if scale is None else scale
+    return layer, _random_like(layer.identity_params(), rng, s)
+
+
+@st.composite
+def flow_stacks(draw, dim=None, max_layers=4, scale=None, kinds=FLOW_LAYER_KINDS):
+    """(flow, params): a Flow of 1..max_layers drawn layers with N(0, scale²) raw parameters."""
+    from fm_ref.flows import Flow
+
+    d = draw(dims) if dim is None else dim
+    rng = np.random.default_rng(draw(seeds))
+    k = draw(st.integers(1, max_layers))
+    choices = [c for c in kinds if c != "coupling" or d >= 2]
+    layers = [make_flow_layer(choices[i], d, rng) for i in rng.integers(0, len(choices), k)]
+    flow = Flow(layers)
+    s = draw(st.sampled_from([0.1, 0.3, 0.7])) if scale is None else scale
+    return flow, _random_like(flow.identity_params(), rng, s)
+
+
+@st.composite
+def adversarial_planar_radial(draw, dim=None):
+    """(layer, params), Planar or Radial, with raw parameters from tiny to large, including
+    the edges of the invertibility domain: wᵀu ≪ 0 (planar m → −1) and b_raw ≪ 0 (radial
+    β → −α), tiny ‖w‖ (large û) and tiny α."""
+    from fm_ref.flows import Planar, Radial
+
+    d = draw(dims) if dim is None else dim
+    rng = np.random.default_rng(draw(seeds))
+    mag = st.sampled_from([1e-2, 0.3, 1.0, 5.0, 20.0])
+    if draw(st.booleans()):
+        direction = rng.standard_normal(d)
+        w = draw(mag) * direction / np.linalg.norm(direction)
+        if draw(st.booleans()):
+            u = -draw(st.sampled_from([1.0, 5.0, 30.0, 100.0])) * w / np.linalg.norm(w)  # wᵀu ≪ 0
+        else:
+            u = draw(st.sampled_from([0.0, 0.1, 1.0, 10.0, 30.0])) * rng.standard_normal(d)
+        b = draw(st.sampled_from([0.0, -3.0, 3.0, 20.0]))
+        return Planar(d), (w, u, np.array(b))
+    z0 = draw(st.sampled_from([0.0, 1.0, 5.0])) * rng.standard_normal(d)
+    a_raw = draw(st.sampled_from([-20.0, -3.0, 0.0, 3.0, 20.0]))
+    b_raw = draw(st.sampled_from([-30.0, -10.0, 0.0, 10.0, 30.0]))
+    return Radial(d), (z0, np.array(a_raw), np.array(b_raw))

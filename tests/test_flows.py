@@ -1,0 +1,334 @@
+"""Flow layers: exact log-determinants, inverses, identity parameters, root solves, errors.
+
+Every log-determinant is compared with slogdet of the autograd Jacobian of the map (an
+independent route: autograd never sees the closed-form determinant), and every inverse
+with the forward map. derivations/07-normalizing-flows.md (NF.3)
+"""
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from autograd import grad
+from hypothesis import given, settings, target
+from hypothesis import strategies as st
+from scipy.optimize import brentq
+
+from fm_ref.flows import (AffineCoupling, ElementwiseAffine, Flow, MaskedAutoregressive, Permutation, Planar,
+                          Radial, Reverse, default_flow)
+from fm_ref.flows_residual import ROOT_TOL, planar_root, softplus
+from fm_ref.verify.flows import (INVERSE_RTOL, LOGDET_RTOL, check_inverse, check_log_det, inverse_error,
+                                 log_det_error, slogdet_of_jacobian)
+from tests.strategies import FLOW_LAYER_KINDS, dims, flow_layers, flow_stacks, make_flow_layer, points, seeds
+
+# Identity parameters: exactly the identity for every layer but Planar, whose û is
+# u + (softplus(log(e−1)) − 1 − log(e−1))·w = O(ε) after rounding: a few ulps of |z|.
+IDENTITY_ATOL = 1e-15
+# Root solves vs scipy's brentq (xtol 1e-15, rtol 4ε): both reach a few ulps of the root
+# on well-conditioned cases (F' ≥ 0.05 here); 1e-12 relative leaves the ill-conditioning
+# factor 1/F' room.
+ROOT_RTOL = 1e-12
+# Central differences with step H = 1e-6: truncation O(H²)·|a'''| ~ 1e-12 plus rounding
+# ε/H ~ 1e-10 (DESIGN tier for central differences).
+FD_STEP = 1e-6
+FD_RTOL = 1e-6
+
+
+def _worst(err):
+    target(float(err))
+    return err
+
+
+# ------------------------------------------------------------------ 3a: log-determinants
+
+@given(flow_layers(), st.data())
+def test_log_det_matches_slogdet_of_jacobian(layer_params, data):
+    """derivations/07-normalizing-flows.md (NF.6), (NF.9), (NF.13), (NF.16), (NF.21)"""
+    layer, params = layer_params
+    z = data.draw(points(layer.dim, n=3))
+    assert _worst(log_det_error(layer, params, z)) <= LOGDET_RTOL
+
+
+@given(flow_layers(), st.data())
+def test_inverse_log_det_matches_slogdet_of_the_inverse_jacobian(layer_params, data):
+    """The inverse's log-det against slogdet of the autograd Jacobian of the inverse map; for
+    Planar this differentiates through planar_root's implicit-function gradient.
+    derivations/07-normalizing-flows.md (NF.2), (NF.19)"""
+    layer, params = layer_params
+    x = data.draw(points(layer.dim, n=3))
+    assert _worst(log_det_error(layer, params, x, inverse=True)) <= LOGDET_RTOL
+
+
+@settings(max_examples=10)
+@given(flow_stacks(), st.data())
+def test_composition_log_det_matches_slogdet_of_jacobian(flow_params, data):
+    """derivations/07-normalizing-flows.md (NF.3)"""
+    flow, params = flow_params
+    z = data.draw(points(flow.dim, n=2))
+    assert _worst(log_det_error(flow, params, z)) <= LOGDET_RTOL
+    assert log_det_error(flow, params, z, inverse=True) <= LOGDET_RTOL
+
+
+class _DroppedTermCoupling(AffineCoupling):
+    """A coupling layer whose log-det forgets the first transformed coordinate's s_i."""
+
+    def _forward(self, params, z):
+        x, _ = super()._forward(params, z)
+        s, _ = self.log_scale_and_shift(params, z)
+        return x, anp.sum(s[:, self.changed[1:]], axis=1)
+
+
+class _WrongSechPlanar(Planar):
+    """A planar layer whose log-det uses h'(a) = 1 instead of sech²(a) (a dropped factor)."""
+
+    def _forward(self, params, z):
+        x, _ = super()._forward(params, z)
+        u_hat, _ = self.u_hat(params)
+        return x, anp.log(anp.abs(1.0 + anp.dot(params[0], u_hat))) * anp.ones(z.shape[0])
+
+
+def test_slogdet_check_rejects_a_dropped_log_det_term():
+    """The same comparison fails for log-dets with a dropped term."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 1.0, (3, 3))
+    bad = _DroppedTermCoupling(3, mask=[1.0, 0.0, 0.0], hidden=(8,))
+    params = [(rng.normal(size=W.shape), rng.normal(size=b.shape)) for W, b in bad.identity_params()]
+    assert log_det_error(bad, params, z) > 1e-3
+    assert log_det_error(AffineCoupling(3, mask=[1.0, 0.0, 0.0], hidden=(8,)), params, z) <= LOGDET_RTOL
+    planar_params = (rng.normal(size=3), rng.normal(size=3), np.array(0.3))
+    assert log_det_error(_WrongSechPlanar(3), planar_params, z) > 1e-3
+
+
+def test_registered_checks_pass():
+    for check in (check_log_det, check_inverse):
+        result = check()
+        assert result.passed, (result.name, result.measured)
+
+
+# ------------------------------------------------------------------ 3b: inverses
+
+@given(flow_layers(), st.data())
+def test_inverse_inverts(layer_params, data):
+    """inverse(forward(z)) = z and forward(inverse(x)) = x.  derivations/07-normalizing-flows.md (NF.10), (NF.14), (NF.18), (NF.23)"""
+    layer, params = layer_params
+    z = data.draw(points(layer.dim, n=5, scale=3.0))
+    err_z, _ = inverse_error(layer, params, z)
+    x_back = layer.forward_and_log_det(params, layer.inverse_and_log_det(params, z)[0])[0]
+    err_x = np.max(np.abs(x_back - z)) / (1.0 + np.max(np.abs(z)))
+    assert _worst(max(err_z, err_x)) <= INVERSE_RTOL
+
+
+@given(flow_layers(), st.data())
+def test_forward_log_det_is_minus_inverse_log_det(layer_params, data):
+    """derivations/07-normalizing-flows.md (NF.2)"""
+    layer, params = layer_params
+    _, err_ld = inverse_error(layer, params, data.draw(points(layer.dim, n=5, scale=3.0)))
+    assert _worst(err_ld) <= INVERSE_RTOL
+
+
+@settings(max_examples=10)
+@given(flow_stacks(), st.data())
+def test_flow_inverse_inverts(flow_params, data):
+    """derivations/07-normalizing-flows.md (NF.3)"""
+    flow, params = flow_params
+    err_z, err_ld = inverse_error(flow, params, data.draw(points(flow.dim, n=4)))
+    assert _worst(max(err_z, err_ld)) <= INVERSE_RTOL
+
+
+def test_inverse_check_rejects_a_wrong_inverse():
+    """The round-trip measure is not blind: an inverse with the wrong sign of s fails."""
+
+    class WrongInverse(ElementwiseAffine):
+        def _inverse(self, params, x):
+            s, b = params
+            return (x - b) * anp.exp(s), -anp.sum(s) * anp.ones(x.shape[0])
+
+    params = (np.array([0.3, -0.2]), np.array([0.1, 0.0]))
+    z = np.random.default_rng(1).normal(size=(4, 2))
+    assert inverse_error(WrongInverse(2), params, z)[0] > 1e-2
+    assert inverse_error(ElementwiseAffine(2), params, z)[0] <= INVERSE_RTOL
+
+
+# ------------------------------------------------------------------ 3c: identity parameters
+
+@pytest.mark.parametrize("kind", [k for k in FLOW_LAYER_KINDS if k not in ("permutation", "reverse")])
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_identity_at_identity_params(kind, dim):
+    """identity_params() (zeros, or Planar's w = e₁, u = log(e−1)e₁) give x = z, log_det = 0.
+    (Permutations have no parameters: they are fixed reorderings, never the identity.)
+
+    derivations/07-normalizing-flows.md (NF.6), (NF.11), (NF.17), (NF.22)"""
+    if kind == "coupling" and dim == 1:
+        return
+    layer = make_flow_layer(kind, dim, np.random.default_rng(dim))
+    z = np.random.default_rng(7).normal(0.0, 2.0, (5, dim))
+    for method in (layer.forward_and_log_det, layer.inverse_and_log_det):
+        x, log_det = method(layer.identity_params(), z)
+        assert np.max(np.abs(x - z)) <= IDENTITY_ATOL * (1.0 + np.max(np.abs(z)))
+        assert np.max(np.abs(log_det)) <= IDENTITY_ATOL
+
+
+@pytest.mark.parametrize("kind", ["coupling", "made_z", "made_x", "planar", "radial", "elementwise"])
+def test_init_starts_at_the_identity(kind):
+    """init(rng) draws hidden layers (or the planar w / radial z₀) but starts at the identity."""
+    layer = make_flow_layer(kind, 2, np.random.default_rng(0), hidden=(8, 8))
+    params = layer.init(np.random.default_rng(3))
+    z = np.random.default_rng(4).normal(size=(5, 2))
+    x, log_det = layer.forward_and_log_det(params, z)
+    assert np.max(np.abs(x - z)) <= 1e-14 and np.max(np.abs(log_det)) <= 1e-14
+    flow = default_flow(2, "coupling", n_layers=2)
+    assert np.allclose(flow.forward_and_log_det(flow.init(np.random.default_rng(0)), z)[0], z, rtol=0, atol=1e-14)
+
+
+def test_data_init_standardises_the_data():
+    """derivations/07-normalizing-flows.md (NF.6)"""
+    rng = np.random.default_rng(0)
+    x = rng.normal([3.0, -1.0], [2.0, 0.5], (500, 2))
+    flow = Flow([Planar(2), ElementwiseAffine(2)])
+    params = flow.data_init(flow.init(rng), x)
+    z, _ = flow.layers[1].inverse_and_log_det(params[1], x)
+    assert np.max(np.abs(z.mean(axis=0))) <= 1e-12 and np.max(np.abs(z.std(axis=0) - 1.0)) <= 1e-12
+
+
+# ------------------------------------------------------------------ root solves
+
+@given(st.floats(-6.0, 6.0), st.lists(st.floats(-50.0, 50.0), min_size=1, max_size=5))
+def test_planar_root_matches_brentq(c, ys):
+    """derivations/07-normalizing-flows.md (NF.18)"""
+    sp, m = float(softplus(c)), float(softplus(c)) - 1.0
+    y = np.array(ys)
+    a = planar_root(sp, y)
+    ref = np.array([brentq(lambda s: s + m * np.tanh(s) - yi, yi - abs(m) - 1e-12, yi + abs(m) + 1e-12,
+                           xtol=1e-15, rtol=4 * np.finfo(float).eps) for yi in y])
+    assert _worst(np.max(np.abs(a - ref) / (1.0 + np.abs(ref)))) <= ROOT_RTOL
+    assert ROOT_TOL <= ROOT_RTOL
+
+
+def test_planar_root_handles_the_edge_of_invertibility():
+    """m → −1 (softplus(wᵀu) = e^{-30}): F'(0) ≈ 1e-13, Newton is safeguarded by bisection."""
+    sp = float(softplus(-30.0))
+    y = np.array([0.0, 1e-8, -1e-3, 0.5, 40.0])
+    a = planar_root(sp, y)
+    assert np.max(np.abs(a + (sp - 1.0) * np.tanh(a) - y)) <= 4e-16 * (1.0 + np.max(np.abs(y)))
+
+
+def test_planar_root_gradient_matches_central_differences():
+    """The implicit-function gradients of planar_root vs central differences (step FD_STEP).
+    derivations/07-normalizing-flows.md (NF.19)"""
+    y = np.array([-2.0, 0.1, 0.7, 3.0])
+    wts = np.array([0.3, -1.0, 2.0, 0.5])
+    for sp in (0.2, 1.0, 4.0):
+        f = lambda s, yy: float(np.dot(wts, planar_root(s, yy)))  # noqa: E731
+        g_sp, g_y = grad(lambda s, yy: anp.dot(wts, planar_root(s, yy)), (0, 1))(sp, y)
+        fd_sp = (f(sp + FD_STEP, y) - f(sp - FD_STEP, y)) / (2 * FD_STEP)
+        fd_y = np.array([(f(sp, y + FD_STEP * e) - f(sp, y - FD_STEP * e)) / (2 * FD_STEP) for e in np.eye(4)])
+        assert abs(g_sp - fd_sp) <= FD_RTOL * (1.0 + abs(fd_sp))
+        assert np.max(np.abs(g_y - fd_y)) <= FD_RTOL * (1.0 + np.max(np.abs(fd_y)))
+
+
+def test_log_prob_parameter_gradient_matches_central_differences():
+    """∂ log p / ∂θ through every inverse (planar root, radial quadratic, MADE recursion,
+    coupling) vs central differences in each raw parameter of the planar and radial layers."""
+    rng = np.random.default_rng(5)
+    flow = Flow([Planar(2), Radial(2), MaskedAutoregressive(2, hidden=(4,)), AffineCoupling(2, hidden=(4,))])
+    params = [(rng.normal(size=2), rng.normal(size=2), np.array(0.2)), (rng.normal(size=2), np.array(0.3),
+              np.array(-0.4))] + [[(rng.normal(size=W.shape), rng.normal(size=b.shape)) for W, b in p]
+                                  for p in flow.identity_params()[2:]]
+    x = rng.normal(size=(4, 2))
+    total = lambda p: anp.sum(flow.log_prob(p, x))  # noqa: E731
+    g = grad(total)(params)
+    for k in (0, 1):
+        for j, leaf in enumerate(params[k]):
+            for idx in np.ndindex(np.shape(leaf)):
+                def shifted(h):
+                    p = [list(q) for q in params[:2]] + params[2:]
+                    new = np.array(leaf, dtype=float)
+                    new[idx] += h
+                    p[k][j] = new
+                    return float(total([tuple(q) for q in p[:2]] + p[2:]))
+                fd = (shifted(FD_STEP) - shifted(-FD_STEP)) / (2 * FD_STEP)
+                assert abs(np.asarray(g[k][j])[idx] - fd) <= FD_RTOL * (1.0 + abs(fd))
+
+
+@given(dims, seeds, st.sampled_from([-20.0, -3.0, 0.0, 3.0]), st.sampled_from([-30.0, -5.0, 0.0, 5.0]))
+def test_radial_radius_matches_brentq(dim, seed, a_raw, b_raw):
+    """The closed-form radius of the radial inverse against brentq on ρ = r(r + sp)/(α + r).
+    derivations/07-normalizing-flows.md (NF.23)"""
+    rng = np.random.default_rng(seed)
+    params = (rng.normal(size=dim), np.array(a_raw), np.array(b_raw))
+    x = rng.normal(0.0, 2.0, (4, dim))
+    z, _ = Radial(dim).inverse_and_log_det(params, x)
+    alpha, sp = float(softplus(a_raw)), float(softplus(b_raw))
+    r = np.linalg.norm(z - params[0], axis=1)
+    for rho, r_i in zip(np.linalg.norm(x - params[0], axis=1), r):
+        ref = brentq(lambda s: s * (s + sp) / (alpha + s) - rho, 0.0, rho + alpha, xtol=1e-15, rtol=1e-15)
+        assert abs(r_i - ref) <= ROOT_RTOL * (1.0 + ref)
+
+
+# ------------------------------------------------------------------ dtype and errors
+
+def test_outputs_are_float64():
+    flow = default_flow(2, "coupling", n_layers=2, hidden=(4,))
+    params = flow.init(np.random.default_rng(0))
+    x, log_det = flow.forward_and_log_det(params, np.ones((3, 2), dtype=np.float32))
+    assert x.dtype == np.float64 and log_det.dtype == np.float64 and log_det.shape == (3,)
+    assert flow.log_prob(params, x).dtype == np.float64
+
+
+@pytest.mark.parametrize("kind", FLOW_LAYER_KINDS)
+def test_layer_bad_input_raises_naming_the_argument(kind):
+    layer = make_flow_layer(kind, 2, np.random.default_rng(0))
+    params = layer.identity_params()
+    for method, name in ((layer.forward_and_log_det, "z"), (layer.inverse_and_log_det, "x")):
+        with pytest.raises(ValueError, match=name):
+            method(params, np.zeros((3, 3)))             # wrong dimension
+        with pytest.raises(ValueError, match=name):
+            method(params, np.zeros(2))                  # not (n, d)
+        with pytest.raises(ValueError, match=name):
+            method(params, np.array([[0.0, np.nan]]))    # non-finite
+        with pytest.raises(TypeError, match=name):
+            method(params, np.zeros((1, 2), dtype=int))  # integer input
+        with pytest.raises(TypeError, match="params"):
+            method([params], np.zeros((1, 2)))           # wrong structure
+    if kind not in ("permutation", "reverse"):
+        from fm_ref.train import tree_map
+        bad = tree_map(lambda a: np.full(np.shape(a), np.inf), params)
+        with pytest.raises(ValueError, match="params"):
+            layer.forward_and_log_det(bad, np.zeros((1, 2)))
+        wrong = tree_map(lambda a: np.zeros(np.shape(a) + (1,)), params)
+        with pytest.raises(ValueError, match="params"):
+            layer.forward_and_log_det(wrong, np.zeros((1, 2)))
+
+
+def test_constructor_errors_name_the_argument():
+    with pytest.raises(ValueError, match="dim"):
+        AffineCoupling(1)
+    for mask in ([1.0, 1.0], [1.0, 0.0, 1.0], [2.0, 0.0], "diagonal"):
+        with pytest.raises(ValueError, match="mask"):
+            AffineCoupling(2, mask=mask)
+    with pytest.raises(ValueError, match="scale_bound"):
+        AffineCoupling(2, scale_bound=0.0)
+    with pytest.raises(ValueError, match="order"):
+        MaskedAutoregressive(3, order=[0, 0, 1])
+    with pytest.raises(ValueError, match="conditioner"):
+        MaskedAutoregressive(3, conditioner="y")
+    with pytest.raises(ValueError, match="activation"):
+        MaskedAutoregressive(3, activation="relu")
+    with pytest.raises(ValueError, match="perm"):
+        Permutation(3, [0, 1, 1])
+    with pytest.raises(TypeError, match="perm"):
+        Permutation(2, [0.0, 1.0])
+    for cls in (Planar, Radial, ElementwiseAffine, Reverse):
+        with pytest.raises(ValueError, match="dim"):
+            cls(0)
+        with pytest.raises(TypeError, match="dim"):
+            cls(2.0)
+
+
+def test_planar_zero_w_and_overflow_raise():
+    with pytest.raises(ValueError, match="params"):
+        Planar(2).forward_and_log_det((np.zeros(2), np.ones(2), np.array(0.0)), np.zeros((1, 2)))
+    with pytest.raises((FloatingPointError, ValueError)):
+        ElementwiseAffine(1).forward_and_log_det((np.array([800.0]), np.array([0.0])), np.ones((1, 1)))
+    with pytest.raises(ValueError, match="x"):
+        ElementwiseAffine(2).data_init(np.ones((5, 2)))
+    with pytest.raises(ValueError, match="x"):
+        ElementwiseAffine(2).data_init(np.ones((1, 2)))
