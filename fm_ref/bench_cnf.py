@@ -1,0 +1,267 @@
+"""Benchmark: exact CNF log-likelihood of 1000 2-D points under a 2→64→64→2 tanh MLP.
+
+The task (issue 3 §6): float64, t concatenated as the third input, random init, exact
+divergence. Measured: wall time (median over repeats) and NFE at several tolerances and
+for DOP853 vs RK45, the max error against a rtol = atol = 1e-12 solve, the cost of the
+divergence routes per evaluation, and how the cost grows with d. Not a timed test: the
+numbers depend on the machine and its load, which the result records.
+
+Run ``python -m fm_ref.bench_cnf`` (``--quick`` for a short run, ``--json`` for the dict).
+Each ``bench_*`` function returns a plain dict so that a CLI can print or store it.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as onp
+
+from .cnf import CNF
+from .divergence import _mlp_value_and_divergence, _value_and_divergence, mlp_value_and_divergence_traced
+from .nn import MLP
+
+__all__ = ["blas_threads", "machine_info", "bench_log_likelihood", "bench_divergence_routes", "bench_dimensions",
+           "bench_threads", "run_all", "main"]
+
+#: The reference the issue quotes: a PyTorch library on 2 CPU cores, dopri5, exact divergence.
+PEER_REFERENCE = {"ms": 150.0, "nfev": 56, "max_err": 1e-7, "target_ms": 75.0}
+
+
+def _openblas_setters():
+    """The ``*set_num_threads*`` functions of every OpenBLAS loaded in this process (Linux)."""
+    import ctypes
+
+    setters, getters = [], []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and line.split()[-1].startswith("/")}
+    except OSError:
+        return setters, getters
+    for path in sorted(paths):
+        lib = ctypes.CDLL(path)
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                if hasattr(lib, f"{prefix}_set_num_threads{suffix}"):
+                    setters.append(getattr(lib, f"{prefix}_set_num_threads{suffix}"))
+                    getters.append(getattr(lib, f"{prefix}_get_num_threads{suffix}"))
+    return setters, getters
+
+
+def blas_threads(k=None):
+    """Set (k an int) and return the OpenBLAS thread count; None leaves it unchanged.
+
+    On a loaded 2-core machine OpenBLAS's spinning worker threads make small products
+    several times slower; the benchmark measures with 1 and 2 BLAS threads.
+    """
+    setters, getters = _openblas_setters()
+    if k is not None:
+        for fn in setters:
+            fn(int(k))
+    return int(getters[0]()) if getters else None
+
+
+def machine_info():
+    """CPU, core count, library versions, BLAS thread setting and the load at the start."""
+    import scipy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": onp.__version__, "scipy": scipy.__version__,
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "unset"), "blas_threads": blas_threads(),
+            "loadavg_1min": None if load is None else round(load[0], 2)}
+
+
+def _problem(n=1000, dim=2, hidden=(64, 64), seed=0):
+    mlp = MLP(dim, hidden, activation="tanh")
+    params = mlp.init(onp.random.default_rng(seed))
+    x = onp.random.default_rng(seed + 1).normal(size=(n, dim))
+    return mlp, params, x
+
+
+def _time(fn, repeats):
+    """(result of the last call, list of wall times in seconds)."""
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, times
+
+
+def bench_log_likelihood(n=1000, dim=2, hidden=(64, 64), tols=(1e-5, 1e-6, 1e-7, 1e-8),
+                         methods=("DOP853", "RK45"), repeats=7, seed=0, ref_tol=1e-12, flow_factory=None):
+    """Time and NFE of ``CNF.from_mlp(...).log_prob(x)`` per (method, tolerance), and its error.
+
+    Returns
+    -------
+    dict with 'task', 'reference' (the ref_tol solve: nfev, seconds) and 'rows', one per
+    (method, tol): nfev, median_ms, min_ms, max_err, mean_err (errors against the reference).
+    """
+    mlp, params, x = _problem(n, dim, hidden, seed)
+    make = flow_factory or (lambda **kw: CNF.from_mlp(mlp, params, **kw))
+    start = time.perf_counter()
+    ref = CNF.from_mlp(mlp, params, method="DOP853", rtol=ref_tol, atol=ref_tol).log_prob(x)
+    ref_seconds = time.perf_counter() - start
+    rows = []
+    for method in methods:
+        for tol in tols:
+            flow = make(method=method, rtol=tol, atol=tol)
+            res, times = _time(lambda: flow.log_prob(x), repeats)
+            err = onp.abs(res.log_prob - ref.log_prob)
+            rows.append({"method": method, "tol": tol, "nfev": res.nfev,
+                         "median_ms": 1e3 * float(onp.median(times)), "min_ms": 1e3 * min(times),
+                         "max_err": float(err.max()), "mean_err": float(err.mean())})
+    return {"task": f"exact log p of {n} points, MLP({dim}, {hidden}) tanh, float64", "repeats": repeats,
+            "reference": {"tol": ref_tol, "nfev": ref.nfev, "seconds": ref_seconds}, "rows": rows}
+
+
+def bench_divergence_routes(n=1000, dim=2, hidden=(64, 64), repeats=20, seed=0):
+    """Milliseconds per batched (v, ∇·v) evaluation for each divergence route.
+
+    Routes: the fast closed form used by ``CNF.from_mlp`` (CNF.8); ``MLP.value_and_divergence``
+    (Jacobian then trace, autograd.numpy); the traced closed form (autograd.numpy); the
+    generic reverse-mode trace (CNF.7, d VJPs); the forward pass alone.
+    """
+    mlp, params, x = _problem(n, dim, hidden, seed)
+    routes = {
+        "forward pass only (v)": lambda: mlp.apply(params, x, 0.5),
+        "closed form, plain NumPy (CNF.from_mlp)": lambda: _mlp_value_and_divergence(mlp, params, x, 0.5),
+        "closed form, autograd.numpy (traced)": lambda: mlp_value_and_divergence_traced(mlp, params, x, 0.5),
+        "MLP.value_and_divergence (Jacobian, validated)": lambda: mlp.value_and_divergence(params, x, 0.5),
+        "reverse mode, d VJPs (CNF.7)": lambda: _value_and_divergence(lambda z, t: mlp.apply(params, z, t), x, 0.5),
+    }
+    out = {}
+    for name, fn in routes.items():
+        fn()
+        _, times = _time(fn, repeats)
+        out[name] = {"median_ms": 1e3 * float(onp.median(times)), "min_ms": 1e3 * min(times)}
+    return {"n": n, "dim": dim, "hidden": list(hidden), "routes": out}
+
+
+def bench_dimensions(dims=(2, 8, 32), n=1000, hidden=(64, 64), tol=1e-8, repeats=3, seed=0):
+    """Cost growth with d at fixed tolerance: NFE, median ms, ms per evaluation."""
+    rows = []
+    for d in dims:
+        mlp, params, x = _problem(n, d, hidden, seed)
+        flow = CNF.from_mlp(mlp, params, rtol=tol, atol=tol)
+        res, times = _time(lambda: flow.log_prob(x), repeats)
+        med = 1e3 * float(onp.median(times))
+        rows.append({"dim": d, "nfev": res.nfev, "median_ms": med, "ms_per_eval": med / res.nfev})
+    base = rows[0]["ms_per_eval"]
+    for r in rows:
+        r["per_eval_vs_first"] = r["ms_per_eval"] / base
+    return {"n": n, "hidden": list(hidden), "tol": tol, "rows": rows}
+
+
+def _threaded_factory(mlp, params, workers=2):
+    """A CNF whose right-hand side evaluates batch halves in ``workers`` threads (NumPy
+    releases the GIL in ufuncs and BLAS). An experiment, not part of the API."""
+    pool = ThreadPoolExecutor(workers)
+
+    def vdiv(x, t):
+        parts = onp.array_split(onp.arange(x.shape[0]), workers)
+        outs = list(pool.map(lambda idx: _mlp_value_and_divergence(mlp, params, x[idx], t), parts))
+        return onp.concatenate([o[0] for o in outs]), onp.concatenate([o[1] for o in outs])
+
+    def factory(**kw):
+        return CNF(lambda z, t: mlp.apply(params, z, t), mlp.dim, value_and_divergence=vdiv, **kw)
+
+    return factory
+
+
+def bench_threads(n=1000, dim=2, hidden=(64, 64), tol=1e-8, repeats=7, seed=0, workers=2):
+    """The headline task at one tolerance: one thread vs batch halves in ``workers`` threads."""
+    mlp, params, x = _problem(n, dim, hidden, seed)
+    single = bench_log_likelihood(n, dim, hidden, (tol,), ("DOP853",), repeats, seed)
+    threaded = bench_log_likelihood(n, dim, hidden, (tol,), ("DOP853",), repeats, seed,
+                                    flow_factory=_threaded_factory(mlp, params, workers))
+    return {"tol": tol, "workers": workers, "single": single["rows"][0], "threaded": threaded["rows"][0]}
+
+
+def run_all(quick=False, threads=1):
+    """Every benchmark, as one dict (``quick``: fewer repeats and tolerances).
+
+    ``threads``: OpenBLAS threads for the main tables (1 by default); the 'blas_threads'
+    entry compares 1 and 2 on the headline task. The previous setting is restored.
+    """
+    reps = 3 if quick else 7
+    before = blas_threads()
+    try:
+        blas_threads(threads)
+        out = {
+            "machine": machine_info(),
+            "peer_reference": PEER_REFERENCE,
+            "log_likelihood": bench_log_likelihood(repeats=reps,
+                                                   tols=(1e-5, 1e-8) if quick else (1e-5, 1e-6, 1e-7, 1e-8)),
+            "divergence_routes": bench_divergence_routes(repeats=5 if quick else 20),
+            "dimensions": bench_dimensions(repeats=1 if quick else 3),
+            "threads": bench_threads(repeats=reps),
+        }
+        blas_threads(2)
+        out["blas_2_threads"] = bench_log_likelihood(repeats=reps, tols=(1e-8,), methods=("DOP853",))["rows"][0]
+        out["machine_after"] = machine_info()
+        return out
+    finally:
+        if before is not None:
+            blas_threads(before)
+
+
+def format_report(res):
+    """Plain-text tables of ``run_all()``'s result."""
+    m = res["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, numpy {m['numpy']}, scipy {m['scipy']}, "
+             f"BLAS threads {m['blas_threads']}, load {m['loadavg_1min']} -> "
+             f"{res['machine_after']['loadavg_1min']}"]
+    ll = res["log_likelihood"]
+    lines += [f"\n{ll['task']}; reference DOP853 tol {ll['reference']['tol']:g} "
+              f"({ll['reference']['nfev']} NFE); median of {ll['repeats']}",
+              f"{'method':8s} {'tol':>7s} {'NFE':>5s} {'median ms':>10s} {'min ms':>8s} {'max err':>9s}"]
+    for r in ll["rows"]:
+        lines.append(f"{r['method']:8s} {r['tol']:7.0e} {r['nfev']:5d} {r['median_ms']:10.1f} "
+                     f"{r['min_ms']:8.1f} {r['max_err']:9.1e}")
+    p = res["peer_reference"]
+    lines.append(f"peer reference: {p['ms']:.0f} ms, {p['nfev']} NFE, max err {p['max_err']:g}; "
+                 f"target <= {p['target_ms']:.0f} ms")
+    dr = res["divergence_routes"]
+    lines.append(f"\nper evaluation, n = {dr['n']}, d = {dr['dim']}, hidden {dr['hidden']}:")
+    for name, r in dr["routes"].items():
+        lines.append(f"  {name:50s} {r['median_ms']:8.2f} ms (min {r['min_ms']:.2f})")
+    dm = res["dimensions"]
+    lines.append(f"\ncost vs d (n = {dm['n']}, tol {dm['tol']:g}, DOP853):")
+    for r in dm["rows"]:
+        lines.append(f"  d = {r['dim']:3d}: {r['nfev']:4d} NFE, {r['median_ms']:9.1f} ms, "
+                     f"{r['ms_per_eval']:7.2f} ms/eval ({r['per_eval_vs_first']:.1f}x d = {dm['rows'][0]['dim']})")
+    b2 = res["blas_2_threads"]
+    lines.append(f"\nOpenBLAS 2 threads, DOP853 tol 1e-08: {b2['median_ms']:.1f} ms ({b2['nfev']} NFE)")
+    th = res["threads"]
+    lines.append(f"\nthreads (tol {th['tol']:g}): 1 thread {th['single']['median_ms']:.1f} ms; "
+                 f"{th['workers']} threads over batch halves {th['threaded']['median_ms']:.1f} ms")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Entry point of ``python -m fm_ref.bench_cnf``."""
+    parser = argparse.ArgumentParser(prog="python -m fm_ref.bench_cnf", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and tolerances")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--threads", type=int, default=1, help="OpenBLAS threads for the main tables (default 1)")
+    args = parser.parse_args(argv)
+    res = run_all(quick=args.quick, threads=args.threads)
+    print(json.dumps(res, indent=2) if args.json else format_report(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
