@@ -18,26 +18,17 @@ __all__ = ["machine_info", "median_time", "bench_divergence", "bench_cfm_trainin
 
 
 def machine_info():
-    """nproc, the CPU model, and the versions that set the speed."""
-    import scipy
+    """Usable cores, the CPU model, library versions, BLAS threads and the load average
+    (``fm_ref.bench_cnf.machine_info`` plus the cores this process may use)."""
+    from .bench_cnf import machine_info as cnf_machine_info
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    info = cnf_machine_info()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    return {"nproc": usable, "cpu_count": os.cpu_count(), "cpu_model": model,
-            "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "fm_ref": __version__, "platform": platform.platform(),
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "library default (not set)")}
+    info.update({"nproc": usable, "fm_ref": __version__, "platform": platform.platform()})
+    return info
 
 
 def median_time(fn, repeats, warmup=True):
@@ -70,18 +61,21 @@ def _mlp_and_points(n, seed=0):
 def bench_divergence(repeats, n=1000):
     """Exact divergence of MLP(2, (64, 64)) at n points: autograd (d reverse passes) vs
     the closed-form forward-mode trace of ``MLP.divergence``."""
-    from .divergence import divergence
+    from .divergence import divergence, mlp_value_and_divergence
 
     mlp, params, x = _mlp_and_points(n)
     field = lambda z, t: mlp.apply(params, z, t)  # noqa: E731
     med_ag, times_ag, div_ag = median_time(lambda: divergence(field, x, 0.5), repeats)
     med_an, times_an, div_an = median_time(lambda: mlp.divergence(params, x, 0.5), repeats)
-    gap = float(np.max(np.abs(div_ag - div_an)))
+    med_np, times_np, (_, div_np) = median_time(lambda: mlp_value_and_divergence(mlp, params, x, 0.5), repeats)
+    gap = float(max(np.max(np.abs(div_ag - div_an)), np.max(np.abs(div_ag - div_np))))
     size = f"n={n}, d=2, MLP 2->64->64->2"
     return [_record("divergence, autograd", size, med_ag, times_ag, n / med_ag, "points/s",
-                    f"max |autograd - analytic| = {gap:.1e}"),
+                    f"d reverse passes; max |autograd - analytic| = {gap:.1e}"),
             _record("divergence, analytic", size, med_an, times_an, n / med_an, "points/s",
-                    f"time ratio autograd/analytic = {med_ag / med_an:.2f}")]
+                    f"MLP.divergence; time autograd/analytic = {med_ag / med_an:.2f}"),
+            _record("value+divergence, NumPy", size, med_np, times_np, n / med_np, "points/s",
+                    f"the CNF's route (v and trace); autograd/this = {med_ag / med_np:.2f}")]
 
 
 def bench_cfm_training(repeats, steps=200):
@@ -115,13 +109,19 @@ def bench_flow_log_prob(repeats, n=1000):
                     n / med, "points/s", "exact log-det, inverse pass")]
 
 
-def bench_cnf_log_prob(repeats, n=1000):
-    """CNF log-likelihood of n 2-D points at two tolerances (``fm_ref.bench_cnf``)."""
-    try:
-        from . import bench_cnf
-    except ImportError:
-        return []
-    return bench_cnf.bench_log_prob(repeats=repeats, n=n)
+def bench_cnf_log_prob(repeats, n=1000, tols=(1e-5, 1e-8)):
+    """Exact CNF log-likelihood of n 2-D points (MLP 2->64->64->2, DOP853) at two
+    tolerances: time, NFE and the error against a rtol = atol = 1e-12 solve
+    (``fm_ref.bench_cnf.bench_log_likelihood``)."""
+    from .bench_cnf import bench_log_likelihood
+
+    res = bench_log_likelihood(n=n, dim=2, hidden=(64, 64), tols=tols, methods=("DOP853",), repeats=repeats)
+    ref = res["reference"]
+    return [_record(f"CNF log p, rtol=atol={r['tol']:g}", f"n={n}, d=2, MLP 2->64->64->2, {r['method']}",
+                    r["median_ms"] / 1e3, [r["median_ms"] / 1e3], n / (r["median_ms"] / 1e3), "points/s",
+                    f"NFE {r['nfev']}, max err {r['max_err']:.1e} (vs a {ref['tol']:g} solve, "
+                    f"{ref['nfev']} NFE)") | {"repeats": repeats, "nfev": r["nfev"], "max_err": r["max_err"]}
+            for r in res["rows"]]
 
 
 def run_bench(repeats=3, quick=False, log=None):

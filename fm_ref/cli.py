@@ -122,7 +122,12 @@ def cmd_verify(args):
     check_writable(args.json)
     groups = tuple(args.group) if args.group else None
     run_checks(names=())  # import every check module (runs nothing)
-    names = [n for n, (g, _, _) in CHECKS.items() if groups is None or g in groups]
+    unknown = sorted(set(args.check or ()) - set(CHECKS))
+    if unknown:
+        raise UsageError(f"--check: no check named {', '.join(map(repr, unknown))}; "
+                         f"the checks are: {', '.join(CHECKS)}")
+    names = [n for n, (g, _, _) in CHECKS.items()
+             if (groups is None or g in groups) and (not args.check or n in args.check)]
     if not names:
         raise UsageError(f"no checks registered for the group(s) {', '.join(groups or VERIFY_GROUPS)}")
     _say(f"fm-ref verify: {len(names)} checks" + (f" (groups: {', '.join(groups)})" if groups else ""))
@@ -201,6 +206,32 @@ def cmd_check(args):
     return 1 if failed else 0
 
 
+# ----------------------------------------------------------------------------- demo
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    if not os.path.isdir(args.out):
+        try:
+            os.makedirs(args.out)
+        except OSError as exc:
+            raise UsageError(f"--out: cannot create the directory {args.out!r} ({exc.strerror})") from None
+    check_writable(os.path.join(args.out, "results.json"), "--out")
+    res = run_demo(data=args.data, steps=args.steps, seed=args.seed, out=args.out, n_eval=args.n_eval,
+                   plot=not args.no_plot, log=_say)
+    headers = ["model", "steps", "train s", "NLL (nats)", "± se", "W2", "NFE sample", "NFE log p"]
+    rows = [[r["name"], str(r["train_steps"]), f"{r['train_seconds']:.1f}", f"{r['nll']:.3f}",
+             f"{r['nll_se']:.3f}", f"{r['w2']:.3f}", str(r["sample_nfe"] or "-"), str(r["nll_nfe"] or "-")]
+            for r in res["models"]]
+    rows.append(["Gaussian fit (baseline)", "-", "-", f"{res['gaussian_nll']:.3f}", "", "", "", ""])
+    rows.append(["held-out vs held-out (floor)", "-", "-", "", "", f"{res['w2_floor']:.3f}", "", ""])
+    _say(f"\nresults on '{res['data']}' ({res['n_eval']} held-out points; W2 by exact assignment):\n")
+    _say(format_table(headers, rows))
+    _say(f"\nwrote {os.path.join(args.out, 'results.json')}" + (f" and {res['figure']}" if res["figure"] else ""))
+    _say(f"total {res['total_seconds']:.1f} s")
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 
 def cmd_bench(args):
@@ -209,9 +240,9 @@ def cmd_bench(args):
     check_writable(args.json)
     out = run_bench(repeats=args.repeats, quick=args.quick, log=_say)
     m = out["machine"]
-    _say(f"\nmachine: {m['nproc']} usable cores ({m['cpu_count']} total), {m['cpu_model']}; "
-         f"python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}")
-    _say(f"BLAS threads: {m['blas_threads']}")
+    _say(f"\nmachine: {m['nproc']} usable cores ({m['cores']} total), {m['cpu']}; python {m['python']}, "
+         f"numpy {m['numpy']}, scipy {m['scipy']}; BLAS threads {m['blas_threads']}; "
+         f"load average {m['loadavg_1min']}")
     _say(f"medians over {args.repeats} repeat(s){' (--quick sizes)' if args.quick else ''}\n")
     rows = [[r["name"], r["size"], f"{r['median_s'] * 1e3:.2f}",
              f"{r['rate']:.4g} {r['rate_unit']}" if r["rate"] is not None else "-", r["notes"]]
@@ -245,10 +276,24 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    from .distributions import TOY_DATASETS
+
+    p = sub.add_parser("demo", help="train NF, CNF and CFM models on 2-D data and compare them (the main job)")
+    p.add_argument("--data", choices=sorted(TOY_DATASETS), default="8gaussians", help="toy data set (default 8gaussians)")
+    p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                   help="CFM training steps (default 2000); the NF and CNF budgets scale with it")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--out", default="fm_ref_demo", metavar="DIR", help="output directory (default ./fm_ref_demo)")
+    p.add_argument("--n-eval", type=_positive_int, default=None, metavar="N",
+                   help="held-out points for NLL and W2 (default 2000)")
+    p.add_argument("--no-plot", action="store_true", help="do not write demo.png")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("verify", help="run the theorem checks and print a table (exit 1 if any fails)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--group", action="append", choices=VERIFY_GROUPS,
                    help="run only this group of checks (repeatable)")
+    p.add_argument("--check", action="append", metavar="NAME", help="run only the check NAME (repeatable)")
     p.set_defaults(func=cmd_verify)
 
     from .vectors import KINDS

@@ -1,0 +1,204 @@
+"""The command line: every subcommand on small settings, exit codes, and clear errors
+(one ``fm-ref: error:`` line and exit code 2, never a traceback) for bad arguments and
+bad files. ``main(argv)`` runs in-process; one test goes through ``python -m fm_ref``."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fm_ref import __version__, cli, verify
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def assert_usage_error(capsys, *argv, match=None):
+    code, out, err = run(capsys, *argv)
+    assert code == 2, (code, out, err)
+    assert "error:" in err
+    if match is not None:
+        assert match in err, err
+
+
+# ----------------------------------------------------------------------------- verify
+
+def test_verify_one_real_check_writes_json(capsys, tmp_path):
+    path = tmp_path / "v.json"
+    code, out, _ = run(capsys, "verify", "--check", "tweedie", "--check", "path-derivatives", "--json", str(path))
+    assert code == 0
+    assert "2/2 checks passed" in out and "tweedie" in out
+    payload = json.loads(path.read_text())
+    assert payload["passed"] and payload["n_checks"] == 2
+    assert {c["name"] for c in payload["checks"]} == {"tweedie", "path-derivatives"}
+    assert all(c["measured"] <= c["tolerance"] for c in payload["checks"])
+
+
+@pytest.fixture
+def fake_checks(monkeypatch):
+    """Replace the registry by three checks: one passes, one fails, one crashes."""
+    monkeypatch.setattr(verify, "CHECKS", {})
+    monkeypatch.setattr(verify, "_load_all", lambda: None)
+    verify.register("ok", "closed form vs autograd", "foundation")(lambda: (1e-14, 1e-12, "why"))
+    verify.register("bad", "ODE vs closed form", "cnf")(lambda: (1e-3, 1e-6, "why"))
+
+    def crash():
+        raise RuntimeError("solver failed")
+
+    verify.register("boom", "crashes", "flows")(crash)
+
+
+def test_verify_exits_1_on_a_failed_or_crashing_check(capsys, tmp_path, fake_checks):
+    path = tmp_path / "v.json"
+    code, out, _ = run(capsys, "verify", "--json", str(path))
+    assert code == 1
+    assert "1/3 checks passed" in out and "FAIL" in out and "ERROR" in out and "solver failed" in out
+    payload = json.loads(path.read_text())
+    assert [c["status"] for c in payload["checks"]] == ["pass", "FAIL", "ERROR"]
+    assert run(capsys, "verify", "--group", "foundation")[0] == 0
+
+
+def test_verify_bad_arguments(capsys, fake_checks):
+    assert_usage_error(capsys, "verify", "--group", "nope", match="invalid choice")
+    assert_usage_error(capsys, "verify", "--check", "nope", match="no check named")
+    assert_usage_error(capsys, "verify", "--json", "/nonexistent-dir/v.json", match="does not exist")
+
+
+# ----------------------------------------------------------------------------- vectors and check
+
+@pytest.fixture
+def small_vectors(capsys, tmp_path):
+    path = tmp_path / "vectors.json"
+    code, out, _ = run(capsys, "vectors", "--out", str(path), "--kind", "path_schedule", "--kind", "conditional_path")
+    assert code == 0 and "wrote 12 cases" in out
+    return path
+
+
+def test_check_against_itself_passes(capsys, small_vectors, tmp_path):
+    report = tmp_path / "report.json"
+    code, out, _ = run(capsys, "check", str(small_vectors), str(small_vectors), "--all", "--json", str(report))
+    assert code == 0 and "12/12 cases within tolerance" in out
+    assert json.loads(report.read_text())["passed"] is True
+
+
+def test_check_against_a_corrupted_copy_fails(capsys, small_vectors, tmp_path):
+    payload = json.loads(small_vectors.read_text())
+    case = payload["cases"][8]
+    case["outputs"]["u_t_at_x"][3][1] *= 1 + 1e-9  # 1000 times the relative tolerance
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(payload))
+    code, out, _ = run(capsys, "check", str(small_vectors), str(bad))
+    assert code == 1
+    assert "11/12 cases within tolerance; 1 FAILED" in out and case["id"] in out
+
+
+def _write(tmp_path, name, payload):
+    path = tmp_path / name
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return str(path)
+
+
+def test_check_malformed_files_give_clear_errors(capsys, small_vectors, tmp_path):
+    good = json.loads(small_vectors.read_text())
+    missing = dict(good, cases=good["cases"][1:])
+    shape = json.loads(small_vectors.read_text())
+    shape["cases"][0]["outputs"]["alpha_t"] = shape["cases"][0]["outputs"]["alpha_t"][:3]
+    for payload, match in [(missing, "incomplete"), (shape, "expected shape"), (dict(good, schema_version=7), "schema_version"),
+                           ("{oops", "not valid JSON"), ([], "JSON object")]:
+        assert_usage_error(capsys, "check", str(small_vectors), _write(tmp_path, "r.json", payload), match=match)
+    assert_usage_error(capsys, "check", str(small_vectors), str(tmp_path / "absent.json"), match="No such file")
+    assert_usage_error(capsys, "check", str(small_vectors), match="required")
+    # checking one kind needs only that kind's cases
+    only = dict(good, cases=[c for c in good["cases"] if c["kind"] == "path_schedule"])
+    assert run(capsys, "check", str(small_vectors), _write(tmp_path, "p.json", only), "--kind", "path_schedule")[0] == 0
+
+
+def test_vectors_bad_arguments(capsys, tmp_path):
+    assert_usage_error(capsys, "vectors", match="--out")
+    assert_usage_error(capsys, "vectors", "--out", str(tmp_path), match="directory")
+    assert_usage_error(capsys, "vectors", "--out", str(tmp_path / "x.json"), "--kind", "nope", match="invalid choice")
+
+
+# ----------------------------------------------------------------------------- bench and demo
+
+def test_bench_quick_writes_json(capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    code, out, _ = run(capsys, "bench", "--quick", "--repeats", "1", "--json", str(path))
+    assert code == 0 and "steps/s" in out and "machine:" in out
+    payload = json.loads(path.read_text())
+    names = [r["name"] for r in payload["results"]]
+    assert {"divergence, autograd", "divergence, analytic", "CFM training", "flow log_prob"} <= set(names)
+    assert all(r["median_s"] > 0 for r in payload["results"])
+    assert payload["machine"]["nproc"] >= 1
+
+
+def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    out_dir = tmp_path / "demo"
+    code, out, _ = run(capsys, "demo", "--steps", "10", "--n-eval", "200", "--out", str(out_dir), "--data", "moons")
+    assert code == 0
+    assert "figure skipped" in out and "held-out vs held-out (floor)" in out
+    res = json.loads((out_dir / "results.json").read_text())
+    assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM"]
+    assert res["budget"] == {"nf_steps": 2, "cnf_steps": 1, "cfm_steps": 10}
+    for m in res["models"]:
+        assert np.isfinite(m["nll"]) and m["w2"] > 0 and m["train_seconds"] > 0
+    assert res["figure"] is None and not (out_dir / "demo.png").exists()
+
+
+def test_demo_figure_when_matplotlib_is_installed(capsys, tmp_path):
+    pytest.importorskip("matplotlib", reason="the optional 'plot' extra is not installed")
+    code, out, _ = run(capsys, "demo", "--steps", "4", "--n-eval", "100", "--out", str(tmp_path))
+    assert code == 0
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_demo_bad_arguments(capsys, tmp_path):
+    assert_usage_error(capsys, "demo", "--data", "nope", match="invalid choice")
+    assert_usage_error(capsys, "demo", "--steps", "0", match="positive integer")
+    assert_usage_error(capsys, "demo", "--steps", "many", match="positive integer")
+    assert_usage_error(capsys, "demo", "--seed", "x", match="invalid int")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_usage_error(capsys, "demo", "--out", str(blocker / "sub"), match="--out")
+
+
+# ----------------------------------------------------------------------------- the program
+
+def test_help_version_and_missing_command(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and __version__ in out
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and all(c in out for c in ("demo", "verify", "vectors", "check", "bench"))
+    assert_usage_error(capsys, match="required")
+    assert_usage_error(capsys, "frobnicate", match="invalid choice")
+
+
+def test_library_errors_become_one_line_messages(capsys, monkeypatch):
+    from fm_ref import demo
+
+    def bad(**kw):
+        raise ValueError("data: something the library rejected")
+
+    monkeypatch.setattr(demo, "run_demo", bad)
+    code, out, err = run(capsys, "demo", "--out", os.devnull if False else str(ROOT / "tests"))
+    assert code == 2 and err.strip() == "fm-ref: error: data: something the library rejected"
+
+
+def test_python_dash_m_runs_the_cli(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "fm_ref", "check", str(bad), str(bad)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("fm-ref: error:") and "Traceback" not in proc.stderr
