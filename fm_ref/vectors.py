@@ -297,8 +297,102 @@ def _cnf_cases():
     return cases
 
 
+# Flow layers: closed forms through exp/tanh/softplus (~100 ulps, as for networks), and
+# the planar inverse, a scalar root solved to ~1e-13 relative (flows_residual.ROOT_TOL).
+TOL_FLOW = _tol(1e-11, 1e-10, "flow layers: exp/tanh/softplus closed forms (~100 ulps) and the planar "
+                              "inverse, a scalar root solved to ~1e-13; 1e-10 admits roots solved to "
+                              "1e-11 (EVAL.5)")
+
+#: What each layer computes, for the case descriptions (derivations/07-normalizing-flows.md).
+FLOW_FORMULAS = {
+    "planar": "x = z + u_hat tanh(w.z + b), u_hat = u + (softplus(w.u) - 1 - w.u) w/|w|^2; "
+              "log|det dx/dz| = log(1 + sech^2(w.z + b) w.u_hat); the inverse solves "
+              "a + (w.u_hat) tanh(a) = w.x + b for a = w.z + b",
+    "radial": "x = z + beta (z - z0)/(alpha + r), r = |z - z0|, alpha = softplus(a_raw), "
+              "beta = softplus(b_raw) - alpha; log|det| = (d-1) log(1 + beta/(alpha + r)) + "
+              "log(1 + beta alpha/(alpha + r)^2)",
+    "coupling": "x_A = z_A, x_B = z_B exp(s) + t, (s_raw, t) = MLP([z_A, 0]) (the MLP's time input "
+                "held at 0), s = c tanh(s_raw/c); A = coordinates kept by the mask; log|det| = sum s",
+    "affine": "x = z exp(s) + b elementwise; log|det| = sum s",
+}
+
+
+def make_layer(spec):
+    """A flow layer from its spec {'type', 'dim', ...} as written in the vectors."""
+    from .flows import AffineCoupling, ElementwiseAffine, Planar, Radial
+
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind == "coupling":
+        return AffineCoupling(spec["dim"], spec["mask"], tuple(spec["hidden"]), spec["activation"],
+                              spec["scale_bound"])
+    classes = {"planar": Planar, "radial": Radial, "affine": ElementwiseAffine}
+    if kind not in classes:
+        raise ValueError(f"layer: expected a spec with 'type' in {sorted(classes) + ['coupling']}, got {spec!r}")
+    return classes[kind](spec["dim"])
+
+
+_PARAM_NAMES = {"planar": ("w", "u", "b"), "radial": ("z0", "a_raw", "b_raw"), "affine": ("s", "b")}
+
+
+def layer_params_to_json(spec, params):
+    if spec["type"] == "coupling":
+        return [[W, b] for W, b in params]
+    return dict(zip(_PARAM_NAMES[spec["type"]], params))
+
+
+def layer_params_from_json(spec, params):
+    """A layer's parameters as written in the vectors -> the layer's pytree."""
+    if spec["type"] == "coupling":
+        return params_from_json(params)
+    return tuple(np.asarray(params[k], dtype=np.float64) for k in _PARAM_NAMES[spec["type"]])
+
+
+def _flow_cases():
+    from .flows import Flow
+
+    rng = np.random.default_rng(500)
+    coupling = {"dim": 2, "hidden": [8], "activation": "tanh", "scale_bound": 3.0}
+    specs = [{"type": "planar", "dim": 2}, {"type": "radial", "dim": 3},
+             dict(coupling, type="coupling", mask="even"), {"type": "affine", "dim": 2}]
+    layers = [make_layer(s) for s in specs]
+    params = [(rng.normal(size=2), rng.normal(size=2), np.array(0.3)),
+              (rng.normal(size=3), np.array(-0.5), np.array(0.8)),
+              layers[2].net.init(rng), (rng.normal(0.0, 0.5, 2), rng.normal(size=2))]
+    cases = []
+    for spec, layer, p in zip(specs, layers, params):
+        z, x = rng.normal(size=(6, spec["dim"])), rng.normal(0.0, 1.5, (6, spec["dim"]))
+        fx, fld = layer.forward_and_log_det(p, z)
+        iz, ild = layer.inverse_and_log_det(p, x)
+        jp = layer_params_to_json(spec, p)
+        if spec["type"] == "planar":  # the effective û too, for implementations without the reparameterisation
+            jp["u_hat"] = layer.u_hat(p)[0]
+        cases.append({
+            "id": f"flow_log_det/{spec['type']}-{spec['dim']}d", "kind": "flow_log_det",
+            "description": f"{layer!r}: {FLOW_FORMULAS[spec['type']]}. Forward at z and inverse at x.",
+            "inputs": {"layer": spec, "params": jp, "z": z, "x": x},
+            "outputs": {"forward_x": fx, "forward_log_det": fld, "inverse_z": iz, "inverse_log_det": ild},
+            "tolerance": TOL_FLOW})
+    specs = [dict(coupling, type="coupling", mask="even"), dict(coupling, type="coupling", mask="odd"),
+             {"type": "affine", "dim": 2}]
+    flow = Flow([make_layer(s) for s in specs])
+    p = [layer.net.init(rng) for layer in flow.layers[:2]] + [(rng.normal(0.0, 0.3, 2), rng.normal(size=2))]
+    x = rng.normal(0.0, 1.5, (6, 2))
+    z, _ = flow.inverse_and_log_det(p, x)
+    cases.append({
+        "id": "flow_log_det/flow-coupling-2d", "kind": "flow_log_det",
+        "description": "a discrete flow x = f_3(f_2(f_1(z))), z ~ N(0, I): coupling (mask even), coupling "
+                       "(mask odd), elementwise affine (layers listed from the base side). "
+                       f"{FLOW_FORMULAS['coupling']}; {FLOW_FORMULAS['affine']}. "
+                       "log p(x) = log N(f^-1(x); 0, I) + log|det d f^-1/dx|",
+        "inputs": {"layers": specs, "params": [layer_params_to_json(s, q) for s, q in zip(specs, p)], "x": x},
+        "outputs": {"z": z, "log_prob": flow.log_prob(p, x)},
+        "tolerance": TOL_FLOW})
+    return cases
+
+
 BUILDERS = {"path_schedule": _path_schedule_cases, "conditional_path": _conditional_path_cases,
-            "marginal": _marginal_cases, "mlp_divergence": _mlp_cases, "cnf_log_prob": _cnf_cases}
+            "marginal": _marginal_cases, "mlp_divergence": _mlp_cases, "cnf_log_prob": _cnf_cases,
+            "flow_log_det": _flow_cases}
 #: The kinds of case, in the order they are generated.
 KINDS = tuple(BUILDERS)
 
