@@ -190,11 +190,12 @@ def bench_threads(n=1000, dim=2, hidden=(64, 64), tol=1e-8, repeats=7, seed=0, w
     return {"tol": tol, "workers": workers, "single": single["rows"][0], "threaded": threaded["rows"][0]}
 
 
-def run_all(quick=False, threads=1):
+def run_all(quick=False, threads=1, n=1000, hidden=(64, 64), dims=(2, 8, 32)):
     """Every benchmark, as one dict (``quick``: fewer repeats and tolerances).
 
-    ``threads``: OpenBLAS threads for the main tables (1 by default); the 'blas_threads'
-    entry compares 1 and 2 on the headline task. The previous setting is restored.
+    ``threads``: OpenBLAS threads for the main tables (1 by default); 'blas_2_threads'
+    repeats the headline task with 2. The previous setting is restored. ``n``, ``hidden``
+    and ``dims`` shrink the problem for smoke tests.
     """
     reps = 3 if quick else 7
     before = blas_threads()
@@ -203,14 +204,15 @@ def run_all(quick=False, threads=1):
         out = {
             "machine": machine_info(),
             "peer_reference": PEER_REFERENCE,
-            "log_likelihood": bench_log_likelihood(repeats=reps,
+            "log_likelihood": bench_log_likelihood(n=n, hidden=hidden, repeats=reps,
                                                    tols=(1e-5, 1e-8) if quick else (1e-5, 1e-6, 1e-7, 1e-8)),
-            "divergence_routes": bench_divergence_routes(repeats=5 if quick else 20),
-            "dimensions": bench_dimensions(repeats=1 if quick else 3),
-            "threads": bench_threads(repeats=reps),
+            "divergence_routes": bench_divergence_routes(n=n, hidden=hidden, repeats=5 if quick else 20),
+            "dimensions": bench_dimensions(dims=dims, n=n, hidden=hidden, repeats=1 if quick else 3),
+            "threads": bench_threads(n=n, hidden=hidden, repeats=reps),
         }
         blas_threads(2)
-        out["blas_2_threads"] = bench_log_likelihood(repeats=reps, tols=(1e-8,), methods=("DOP853",))["rows"][0]
+        out["blas_2_threads"] = bench_log_likelihood(n=n, hidden=hidden, repeats=reps, tols=(1e-8,),
+                                                     methods=("DOP853",))["rows"][0]
         out["machine_after"] = machine_info()
         return out
     finally:

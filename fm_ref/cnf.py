@@ -118,6 +118,8 @@ class CNF:
 
         The right-hand side skips validation and uses
         ``fm_ref.divergence.mlp_value_and_divergence``: one forward pass and d tangents.
+        Keyword arguments go to ``CNF``; passing ``divergence_fn`` replaces the closed form.
+        The flow keeps ``flow.mlp`` and ``flow.params``.
         """
         from .nn import MLP
 
@@ -127,8 +129,9 @@ class CNF:
             raise ValueError(f"mlp: a CNF needs out_dim == in_dim, got {mlp.out_dim} and {mlp.in_dim}")
         mlp.check_params(params)
         params = [(onp.asarray(W, dtype=onp.float64), onp.asarray(b, dtype=onp.float64)) for W, b in params]
-        flow = cls(lambda x, t: mlp.apply(params, x, t), mlp.dim,
-                   value_and_divergence=lambda x, t: _mlp_value_and_divergence(mlp, params, x, t), **kw)
+        if "divergence_fn" not in kw:  # an explicit divergence_fn replaces the closed form
+            kw.setdefault("value_and_divergence", lambda x, t: _mlp_value_and_divergence(mlp, params, x, t))
+        flow = cls(lambda x, t: mlp.apply(params, x, t), mlp.dim, **kw)
         flow.mlp, flow.params = mlp, params
         return flow
 

@@ -87,7 +87,7 @@ def test_the_gradient_checks_reject_a_dropped_second_order_term(monkeypatch):
 def test_train_cnf_mle_lowers_the_nll_of_held_out_data():
     rng = np.random.default_rng(42)
     data = make_toy("moons", 600, rng)
-    held_out = make_toy("moons", 300, np.random.default_rng(43))
+    held_out = make_toy("moons", 200, np.random.default_rng(43))
     mlp = MLP(2, (16, 16))
     params0 = mlp.init(np.random.default_rng(44))
     seen = []
@@ -95,8 +95,8 @@ def test_train_cnf_mle_lowers_the_nll_of_held_out_data():
                                    callback=lambda i, loss, p: seen.append(i))
     assert losses.shape == (15,) and seen == list(range(15))
     assert train_cnf_mle.last_seconds > 0
-    nll = lambda p: -np.mean(CNF.from_mlp(mlp, p, rtol=1e-6, atol=1e-6).log_prob(held_out).log_prob)  # noqa: E731
-    assert nll(params) < nll(params0) - 0.3  # measured: 3.75 → 3.11 after 15 steps
+    nll = lambda p: -np.mean(CNF.from_mlp(mlp, p, rtol=1e-5, atol=1e-5).log_prob(held_out).log_prob)  # noqa: E731
+    assert nll(params) < nll(params0) - 0.3  # measured: 3.83 → 3.14 after 15 steps
     # a Generator as params_or_rng initialises the network
     params_g, _ = train_cnf_mle(mlp, np.random.default_rng(44), data, 1, np.random.default_rng(0), batch=8)
     assert len(params_g) == len(params0)

@@ -78,12 +78,11 @@ def test_log_prob_from_zero_to_any_time_is_log_p_t(path):
 
 
 def test_the_change_of_variables_check_rejects_a_flipped_divergence():
-    result = checks.check_change_of_variables_mixture()
-    assert result.passed
+    # (the check itself, cnf-change-of-variables, runs in tests/test_verify.py)
     target, path = mixture_target(), CondOT(0.05)
     x = target.sample(3, np.random.default_rng(10))
     flow = marginal_cnf(target, path)
-    wrong = CNF(flow.velocity, 2, base=flow.base, rtol=TIGHT, atol=TIGHT,
+    wrong = CNF(flow.velocity, 2, base=flow.base, rtol=1e-6, atol=1e-6,  # the gap is O(1): loose is enough
                 divergence_fn=lambda z, t: -divergence(flow.velocity, z, t))
     assert np.max(np.abs(wrong.log_prob(x).log_prob - marginal_log_prob(target, path, x, 1.0))) > 1e3 * LOG_PROB_ATOL
 
@@ -245,8 +244,8 @@ def test_mass_is_one_in_d2_on_a_grid_and_rejects_a_wrong_sign():
     # observed convergence: 41 → 61 nodes per axis (measured 8e-6 → 1e-9)
     assert abs(fine - 1.0) <= MASS_D2_TOL and abs(fine - 1.0) <= abs(coarse - 1.0)
     assert np.exp(res.log_prob).reshape(61, 61)[[0, -1], :].max() < 1e-12  # negligible mass at the edge
-    wrong = CNF(flow.velocity, 2, rtol=1e-8, atol=1e-8, divergence_fn=lambda x, t: -flow._vdiv(x, t)[1])
-    assert abs(grid_mass(wrong, 61)[0] - 1.0) > 10 * MASS_D2_TOL
+    wrong = CNF(flow.velocity, 2, rtol=1e-6, atol=1e-6, divergence_fn=lambda x, t: -flow._vdiv(x, t)[1])
+    assert abs(grid_mass(wrong, 41)[0] - 1.0) > 10 * MASS_D2_TOL  # measured mass − 1 ≈ −0.14
 
 
 # ---------------------------------------------------------------------------- (g) Euler limit
@@ -359,3 +358,17 @@ def test_bad_input_raises_naming_the_argument():
     mlp = MLP(2, (4,))
     with pytest.raises(ValueError, match="params"):
         CNF.from_mlp(mlp, MLP(3, (4,)).init(np.random.default_rng(0)))
+
+
+# ---------------------------------------------------------------------------- benchmark smoke test
+def test_the_benchmark_runs_and_reports_small_errors():
+    """Not a timing test: the benchmark's functions run on a tiny problem and return dicts."""
+    from fm_ref import bench_cnf
+
+    res = bench_cnf.run_all(quick=True, n=20, hidden=(8,), dims=(2, 3))
+    text = bench_cnf.format_report(res)
+    assert "NFE" in text and res["machine"]["cores"] >= 1
+    rows = res["log_likelihood"]["rows"]
+    assert {r["method"] for r in rows} == {"DOP853", "RK45"} and all(r["nfev"] > 0 for r in rows)
+    assert all(r["max_err"] <= 1e3 * r["tol"] for r in rows)  # errors track the tolerance
+    assert [r["dim"] for r in res["dimensions"]["rows"]] == [2, 3]
