@@ -72,12 +72,13 @@ class _FlowModel(_Model):
     def log_prob(self, x):
         return self.flow.log_prob(self.params, x), None
 
-    def trajectory(self, z):
-        """The points after each layer, shape (K + 1, n, d): the discrete flow's 'path'."""
-        xs = [z]
-        for layer, p in zip(self.flow.layers, self.params):
-            xs.append(layer.forward_and_log_det(p, xs[-1])[0])
-        return np.stack(xs)
+    def grid_image(self, lim, lines=13, points=120):
+        """The image x = G(z) of the lines of a square grid in z-space, shape (2·lines, points, 2)."""
+        ticks, along = np.linspace(-lim, lim, lines), np.linspace(-lim, lim, points)
+        grid = [np.stack([np.full(points, c), along], 1) for c in ticks]
+        grid += [np.stack([along, np.full(points, c)], 1) for c in ticks]
+        x, _ = self.flow.forward_and_log_det(self.params, np.concatenate(grid))
+        return x.reshape(2 * lines, points, 2)
 
 
 class _ODEModel(_Model):
@@ -239,7 +240,7 @@ def plot_demo(models, train, test, samples, results, path, rng):
     axes[1, 0].hist2d(train[:, 0], train[:, 1], bins=g, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
     axes[1, 0].set_ylabel("density", fontsize=11)
     axes[0, 0].set_ylabel("samples", fontsize=11)
-    axes[2, 1].set_ylabel("paths", fontsize=11)
+    axes[2, 1].set_ylabel("maps and paths", fontsize=11)
     z = rng.standard_normal((DEFAULTS["n_traj"], 2))
     for j, (m, rec) in enumerate(zip(models, results["models"]), start=1):
         x = samples[m.name]
@@ -250,12 +251,17 @@ def plot_demo(models, train, test, samples, results, path, rng):
         axes[1, j].imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis", aspect="equal")
         axes[1, j].text(0.03, 0.03, f"NLL {rec['nll']:.3f} ± {rec['nll_se']:.3f}", color="w",
                         transform=axes[1, j].transAxes, fontsize=8)
+        if m.family == "NF":
+            for line in m.grid_image(3.0):
+                axes[2, j].plot(line[:, 0], line[:, 1], color="C0", lw=0.6)
+            axes[2, j].set_title("image of the grid z ∈ [-3, 3]² under the flow", fontsize=9)
+            continue
         xs = m.trajectory(z)
         axes[2, j].plot(xs[:, :, 0], xs[:, :, 1], color="0.6", lw=0.4, alpha=0.5)
-        axes[2, j].scatter(xs[0, :, 0], xs[0, :, 1], color="C1", s=3, label="t = 0 (noise)" if j == 1 else None)
-        axes[2, j].scatter(xs[-1, :, 0], xs[-1, :, 1], color="C0", s=3, label="t = 1 (data)" if j == 1 else None)
-        axes[2, j].set_title("layer by layer" if m.family == "NF" else "ODE trajectories t: 0 → 1", fontsize=9)
-    axes[2, 1].legend(loc="upper right", fontsize=7, markerscale=3)
+        axes[2, j].scatter(xs[0, :, 0], xs[0, :, 1], color="C1", s=3, label="t = 0 (noise)")
+        axes[2, j].scatter(xs[-1, :, 0], xs[-1, :, 1], color="C0", s=3, label="t = 1 (data)")
+        axes[2, j].set_title("ODE trajectories, t from 0 to 1", fontsize=9)
+    axes[2, 2].legend(loc="upper right", fontsize=7, markerscale=3)
     for ax in axes.ravel():
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
