@@ -130,6 +130,8 @@ class GaussianMixture:
         Derivation: derivations/03-mixture-marginals.md (MIX.1)
         """
         x = as_points(x, "x", dim=self.dim)
+        if onp.min(self.eigvals) <= 0.0:
+            raise ValueError("covs: a component covariance is singular, so the mixture has no density")
         log_joint, _, _ = self.component_terms(x, 1.0, 0.0)
         return logsumexp(log_joint, axis=1)
 

@@ -185,3 +185,15 @@ def adversarial_planar_radial(draw, dim=None):
     a_raw = draw(st.sampled_from([-20.0, -3.0, 0.0, 3.0, 20.0]))
     b_raw = draw(st.sampled_from([-30.0, -10.0, 0.0, 10.0, 30.0]))
     return Radial(d), (z0, np.array(a_raw), np.array(b_raw))
+
+
+# ---- example budgets
+
+
+def fewer(fraction):
+    """``@settings`` with max_examples a fraction of the loaded profile's (ci: 20, thorough:
+    400), at least 3: slow properties run fewer examples in CI and more under 'thorough'
+    (a fixed max_examples would override the profile)."""
+    from hypothesis import settings
+
+    return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))

@@ -17,7 +17,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal, norm
 
 from fm_ref.distributions import TOY_DATASETS, Empirical, GaussianMixture, StandardNormal, make_toy
-from strategies import dims, mixtures, points, seeds
+from strategies import dims, fewer, mixtures, points, seeds
 
 # log q two ways (eigendecomposition vs scipy's): a few ulps of the terms, i.e. of max(1, |log q|).
 LOGPDF_RTOL = 1e-12
@@ -30,9 +30,6 @@ N_MC = 20000
 SUM_RTOL = 1e-13
 
 
-def fewer(fraction):
-    """max_examples as a fraction of the loaded profile's (ci: 20, thorough: 400), for slow properties."""
-    return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))
 
 
 def assert_within_z(estimate, expected, standard_error):

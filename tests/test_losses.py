@@ -8,7 +8,7 @@ closed form (FM.8). Each identity check is also shown to reject a wrong target.
 import numpy as np
 import pytest
 from autograd import grad
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fm_ref.distributions import Empirical, GaussianMixture, StandardNormal
@@ -22,7 +22,7 @@ from fm_ref.train import tree_flatten
 from fm_ref.verify.foundation import (QUAD_GAP_D1, QUAD_GAP_D2, Z_BOUND, example_target,
                                       gradient_gap_quadrature, loss_gap_constant, mc_gradient_z)
 
-from strategies import mixtures, paths, seeds
+from strategies import fewer, mixtures, paths, seeds
 
 # Quadrature against Monte Carlo: the Monte Carlo error bound, 5 standard errors.
 MC_Z = 5.0
@@ -48,7 +48,7 @@ def _dropped_sigma_term(target, path):
 # ------------------------------------------------------------------ rules
 
 
-@settings(max_examples=10)
+@fewer(0.5)
 @given(path=paths(), seed=seeds)
 def test_conditional_target_is_the_time_derivative_of_the_path(path, seed):
     """u_t(x_t | x₁) = α'x₁ + σ'x₀ (PATH.4) against autograd's d/dt of sample (PATH.1)."""
@@ -76,7 +76,7 @@ def test_quadrature_rules_integrate_moments(target):
     assert abs(second - exact) <= 1e-12 * exact
 
 
-@settings(max_examples=6)
+@fewer(0.3)
 @given(target=mixtures(dim=1, k_max=2, min_var=0.2), path=paths(sigma_min_positive=True), seed=seeds)
 def test_quadrature_losses_match_monte_carlo(target, path, seed):
     """Both losses by quadrature lie within 5 standard errors of their Monte Carlo means."""
@@ -108,7 +108,7 @@ def test_conditional_energy_matches_monte_carlo():
 # ------------------------------------------------------------------ Theorem 2, quadrature
 
 
-@settings(max_examples=8)
+@fewer(0.4)
 @given(target=mixtures(dim=1, k_max=2, min_var=0.2), path=paths(sigma_min_positive=True), seed=seeds)
 def test_gradient_identity_by_quadrature_d1(target, path, seed):
     """‖∇L_CFM − ∇L_FM‖ / ‖∇L_CFM‖ ≤ 1e-9 in d = 1 (the issue's bound)."""
@@ -117,7 +117,7 @@ def test_gradient_identity_by_quadrature_d1(target, path, seed):
     assert gap <= QUAD_GAP_D1
 
 
-@settings(max_examples=6)
+@fewer(0.3)
 @given(seed=seeds, path=paths(), k=st.integers(1, 4))
 def test_gradient_identity_by_quadrature_d2(seed, path, k):
     """≤ 1e-5 in d = 2 for a data set of k points (the exact sum over components)."""
@@ -170,7 +170,7 @@ def test_loss_difference_depends_on_theta_for_a_wrong_target():
 # ------------------------------------------------------------------ Theorem 2, Monte Carlo
 
 
-@settings(max_examples=5)
+@fewer(0.25)
 @given(target=mixtures(k_max=3), path=paths(sigma_min_positive=True), seed=seeds)
 def test_gradient_identity_by_monte_carlo(target, path, seed):
     """Every coordinate of mean ∇θ(L_CFM − L_FM) is within 5 standard errors of zero.

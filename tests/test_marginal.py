@@ -26,7 +26,7 @@ from fm_ref.distributions import Empirical, GaussianMixture, StandardNormal
 from fm_ref.marginal import (marginal_log_prob, marginal_score, marginal_velocity, posterior_mean,
                              posterior_noise_mean)
 from fm_ref.paths import PATHS, VP, CondOT, Cosine, LinearVP, Polynomial
-from strategies import interior_times, mixtures, paths, points, seeds
+from strategies import fewer, interior_times, mixtures, paths, points, seeds
 
 # log p_t two ways (eigendecomposition here, scipy's factorisation there): a few ulps of the
 # terms of log p, i.e. of max(1, |log p|).
@@ -51,9 +51,6 @@ EPS = float(np.finfo(np.float64).eps)
 REJECT_MIN = 1e-3
 
 
-def fewer(fraction):
-    """max_examples as a fraction of the loaded profile's (ci: 20, thorough: 400), for slow properties."""
-    return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))
 
 
 def rel_err(got, want, scale=None):

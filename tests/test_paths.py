@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 
 from fm_ref.paths import KINDS, PATHS, VP, CondOT, Cosine, LinearVP, Polynomial
-from strategies import dims, interior_times, paths, points, seeds
+from strategies import dims, fewer, interior_times, paths, points, seeds
 
 # Closed forms written two ways (code vs the issue's formulas here): rounding only, a few ulps
 # amplified by 1/(1 − e^{−T}) ≤ ~200 for VP near t = 0.98.
@@ -47,9 +47,6 @@ ROUND_TRIP_RTOL = 1e-10
 KNOWN_ANSWER_RTOL = 1e-12
 
 
-def fewer(fraction):
-    """max_examples as a fraction of the loaded profile's (ci: 20, thorough: 400), for slow properties."""
-    return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))
 
 
 def rel_err(got, want):
