@@ -218,7 +218,7 @@ def cmd_demo(args):
             raise UsageError(f"--out: cannot create the directory {args.out!r} ({exc.strerror})") from None
     check_writable(os.path.join(args.out, "results.json"), "--out")
     res = run_demo(data=args.data, steps=args.steps, seed=args.seed, out=args.out, n_eval=args.n_eval,
-                   plot=not args.no_plot, log=_say)
+                   plot=not args.no_plot, jobs=args.jobs, log=_say)
     headers = ["model", "steps", "train s", "NLL (nats)", "± se", "W2", "NFE sample", "NFE log p"]
     rows = [[r["name"], str(r["train_steps"]), f"{r['train_seconds']:.1f}", f"{r['nll']:.3f}",
              f"{r['nll_se']:.3f}", f"{r['w2']:.3f}", str(r["sample_nfe"] or "-"), str(r["nll_nfe"] or "-")]
@@ -287,6 +287,8 @@ def build_parser():
     p.add_argument("--n-eval", type=_positive_int, default=None, metavar="N",
                    help="held-out points for NLL and W2 (default 2000)")
     p.add_argument("--no-plot", action="store_true", help="do not write demo.png")
+    p.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                   help="worker processes for training and evaluation (default: 2, or 1 on one core)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("verify", help="run the theorem checks and print a table (exit 1 if any fails)")

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 
-__all__ = ["DEFAULTS", "budget", "run_demo"]
+__all__ = ["DEFAULTS", "MODELS", "budget", "train_model", "evaluate_model", "run_demo", "plot_demo"]
 
 #: Default budget: CFM steps (the --steps value); NF and CNF steps scale with it.
 DEFAULTS = {"steps": 2000, "nf_per_cfm": 0.2, "cnf_per_cfm": 0.025, "n_train": 20_000, "n_eval": 2000,
@@ -53,119 +53,173 @@ class _Progress:
             self.acc = []
 
 
-class _Model:
-    """A trained model with one interface for evaluation and plotting."""
-
-    def __init__(self, name, family, steps, seconds, losses):
-        self.name, self.family, self.steps, self.seconds = name, family, steps, seconds
-        self.final_loss = float(np.mean(losses[-max(1, len(losses) // 10):]))
+#: The four models, in table order: (name, family).
+MODELS = {"nf": ("NF (coupling, MLE)", "NF"), "cnf": ("CNF (MLE, adjoint)", "CNF"),
+          "cfm-condot": ("CFM CondOT", "CFM"), "cfm-cosine": ("CFM Cosine", "CFM")}
 
 
-class _FlowModel(_Model):
-    def __init__(self, flow, params, **kw):
-        super().__init__(**kw)
-        self.flow, self.params = flow, params
-
-    def sample(self, n, rng):
-        return self.flow.sample(self.params, n, rng), None
-
-    def log_prob(self, x):
-        return self.flow.log_prob(self.params, x), None
-
-    def grid_image(self, lim, lines=13, points=120):
-        """The image x = G(z) of the lines of a square grid in z-space, shape (2·lines, points, 2)."""
-        ticks, along = np.linspace(-lim, lim, lines), np.linspace(-lim, lim, points)
-        grid = [np.stack([np.full(points, c), along], 1) for c in ticks]
-        grid += [np.stack([along, np.full(points, c)], 1) for c in ticks]
-        x, _ = self.flow.forward_and_log_det(self.params, np.concatenate(grid))
-        return x.reshape(2 * lines, points, 2)
+def _print(msg):
+    print(msg, flush=True)
 
 
-class _ODEModel(_Model):
-    def __init__(self, mlp, params, tol, **kw):
-        from .cnf import CNF
-
-        super().__init__(**kw)
-        self.cnf = CNF.from_mlp(mlp, params, rtol=tol, atol=tol)
-
-    def sample(self, n, rng):
-        res = self.cnf.sample(n, rng)
-        return res.x, res.nfev
-
-    def log_prob(self, x):
-        res = self.cnf.log_prob(x, divergence="exact")
-        return res.log_prob, res.nfev
-
-    def trajectory(self, z):
-        return self.cnf.trajectory(z, np.linspace(0.0, 1.0, 41)).xs
-
-
-def _train_all(train, steps, seeds, log):
-    from .adjoint import train_cnf_mle
-    from .flows import default_flow, train_flow_mle
+def _architecture(kind):
+    """The untrained model: a Flow for 'nf', else the MLP velocity field (and its path)."""
+    from .flows import default_flow
     from .nn import MLP
     from .paths import CondOT, Cosine
+
+    if kind == "nf":
+        return default_flow(2), None
+    if kind == "cnf":
+        return MLP(2, (32, 32)), None
+    return MLP(2, (64, 64)), (CondOT() if kind == "cfm-condot" else Cosine())
+
+
+def train_model(kind, train, steps, seed, log=_print):
+    """Train one model (a picklable job for a worker process).
+
+    Parameters
+    ----------
+    kind : one of ``MODELS``
+    train : array, shape (N, 2)
+    steps : int, the CFM step count of ``budget``
+    seed : numpy.random.SeedSequence or int
+
+    Returns
+    -------
+    dict with 'kind', 'params', 'losses' (shape (steps,)), 'steps', 'seconds'.
+    """
+    from .adjoint import train_cnf_mle
+    from .flows import train_flow_mle
     from .train import train_cfm
 
     nf_steps, cnf_steps, cfm_steps = budget(steps)
-    tol = DEFAULTS["eval_tol"]
-    models = []
-
-    log(f"NF: {nf_steps} steps of maximum likelihood (8 affine couplings, batch 256)")
-    flow = default_flow(2)
+    model, path = _architecture(kind)
+    rng = np.random.default_rng(seed)
+    name = MODELS[kind][0]
     start = time.perf_counter()
-    params, losses = train_flow_mle(flow, train, nf_steps, np.random.default_rng(seeds[0]), lr=2e-3, batch=256,
-                                    callback=_Progress("NF", nf_steps, log))
-    models.append(_FlowModel(flow, params, name="NF (coupling, MLE)", family="NF", steps=nf_steps,
-                             seconds=time.perf_counter() - start, losses=losses))
-
-    log(f"CNF: {cnf_steps} steps of maximum likelihood with adjoint gradients (MLP 2->32->32->2, batch 128)")
-    mlp = MLP(2, (32, 32))
-    start = time.perf_counter()
-    rng = np.random.default_rng(seeds[1])
-    params, losses = train_cnf_mle(mlp, rng, train, cnf_steps, rng, lr=1e-2, batch=128,
-                                   callback=_Progress("CNF", cnf_steps, log))
-    models.append(_ODEModel(mlp, params, tol, name="CNF (MLE, adjoint)", family="CNF", steps=cnf_steps,
-                            seconds=time.perf_counter() - start, losses=losses))
-
-    for k, (label, path) in enumerate((("CondOT", CondOT()), ("Cosine", Cosine()))):
-        log(f"CFM {label}: {cfm_steps} steps (MLP 2->64->64->2, batch 256)")
-        mlp = MLP(2, (64, 64))
-        start = time.perf_counter()
-        params, losses = train_cfm(mlp, path, train, cfm_steps, np.random.default_rng(seeds[2 + k]), batch=256,
-                                   lr=1e-3, callback=_Progress(f"CFM {label}", cfm_steps, log))
-        models.append(_ODEModel(mlp, params, tol, name=f"CFM {label}", family="CFM", steps=cfm_steps,
-                                seconds=time.perf_counter() - start, losses=losses))
-    return models
+    if kind == "nf":
+        n = nf_steps
+        log(f"{name}: {n} steps of maximum likelihood, {len(model.layers) - 1} affine couplings + affine, batch 256")
+        params, losses = train_flow_mle(model, train, n, rng, lr=2e-3, batch=256, callback=_Progress(name, n, log))
+    elif kind == "cnf":
+        n = cnf_steps
+        log(f"{name}: {n} steps of maximum likelihood, adjoint gradients, MLP 2->32->32->2, batch 128")
+        params, losses = train_cnf_mle(model, rng, train, n, rng, lr=1e-2, batch=128, callback=_Progress(name, n, log))
+    else:
+        n = cfm_steps
+        log(f"{name}: {n} steps of conditional flow matching, MLP 2->64->64->2, batch 256")
+        params, losses = train_cfm(model, path, train, n, rng, batch=256, lr=1e-3, callback=_Progress(name, n, log))
+    return {"kind": kind, "params": params, "losses": losses, "steps": n, "seconds": time.perf_counter() - start}
 
 
-def _evaluate(model, test, rng, log):
+def _density_and_paths(kind, model, params, flow, lim, grid, n_traj, rng):
+    """exp(log p) on a grid × grid square [-lim, lim]², and the paths of the figure."""
+    axis = np.linspace(-lim, lim, grid)
+    pts = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
+    if kind == "nf":
+        density = np.exp(model.log_prob(params, pts)).reshape(grid, grid)
+        lines, along = np.linspace(-3.0, 3.0, 13), np.linspace(-3.0, 3.0, 120)
+        zs = [np.stack([np.full(120, c), along], 1) for c in lines] + [np.stack([along, np.full(120, c)], 1) for c in lines]
+        image, _ = model.forward_and_log_det(params, np.concatenate(zs))
+        return density, image.reshape(26, 120, 2)
+    density = np.exp(flow.log_prob(pts).log_prob).reshape(grid, grid)
+    traj = flow.trajectory(rng.standard_normal((n_traj, 2)), np.linspace(0.0, 1.0, 41)).xs
+    return density, traj
+
+
+def evaluate_model(job, test, seed, figure=None):
+    """Evaluate one trained model (a picklable job): exact NLL, samples, W₂, NFE.
+
+    Parameters
+    ----------
+    job : dict returned by ``train_model``
+    test : array, shape (n, 2), held-out points
+    seed : SeedSequence or int (sampling)
+    figure : (lim, grid, n_traj) or None; when given, also the density on the grid and
+        the paths (ODE trajectories, or the image of a z-grid for the NF)
+
+    Returns
+    -------
+    dict: the table's record, plus 'samples' (n, 2) and, with ``figure``, 'density' and 'paths'.
+    """
+    from .cnf import CNF
     from .metrics import mean_and_stderr, wasserstein2
 
+    kind, params = job["kind"], job["params"]
+    model, _ = _architecture(kind)
+    rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    log_p, nll_nfe = model.log_prob(test)
+    flow = None
+    if kind == "nf":
+        log_p, nll_nfe = model.log_prob(params, test), None
+        samples, sample_nfe = model.sample(params, test.shape[0], rng), None
+    else:
+        flow = CNF.from_mlp(model, params, rtol=DEFAULTS["eval_tol"], atol=DEFAULTS["eval_tol"])
+        res = flow.log_prob(test, divergence="exact")
+        log_p, nll_nfe = res.log_prob, res.nfev
+        res = flow.sample(test.shape[0], rng)
+        samples, sample_nfe = res.x, res.nfev
     nll, se = mean_and_stderr(-log_p, "nll")
-    samples, sample_nfe = model.sample(test.shape[0], rng)
-    w2 = wasserstein2(samples, test)
-    rec = {"name": model.name, "family": model.family, "train_steps": model.steps,
-           "train_seconds": model.seconds, "final_train_loss": model.final_loss, "nll": nll, "nll_se": se,
-           "nll_nfe": nll_nfe, "w2": w2, "sample_nfe": sample_nfe, "eval_seconds": time.perf_counter() - start}
-    log(f"  {model.name:<20s} NLL {nll:6.3f} ± {se:.3f}   W2 {w2:.3f}   NFE {sample_nfe or '-'}   "
-        f"({rec['eval_seconds']:.1f} s)")
-    return rec, samples
+    losses = job["losses"]
+    rec = {"name": MODELS[kind][0], "family": MODELS[kind][1], "train_steps": job["steps"],
+           "train_seconds": job["seconds"], "final_train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
+           "nll": nll, "nll_se": se, "nll_nfe": nll_nfe, "w2": wasserstein2(samples, test),
+           "sample_nfe": sample_nfe, "samples": samples}
+    if figure is not None:
+        rec["density"], rec["paths"] = _density_and_paths(kind, model, params, flow, *figure, rng)
+    rec["eval_seconds"] = time.perf_counter() - start
+    return rec
 
 
-def run_demo(data="8gaussians", steps=None, seed=0, out=".", n_eval=None, plot=True, log=print):
+class _Inline:
+    """The executor interface, running each job at submission (for --jobs 1)."""
+
+    def submit(self, fn, *args, **kw):
+        from concurrent.futures import Future
+
+        fut = Future()
+        fut.set_result(fn(*args, **kw))
+        return fut
+
+    def shutdown(self):
+        pass
+
+
+def _executor(jobs):
+    if jobs == 1:
+        return _Inline()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(method))
+
+
+def _figure_settings(test, plot, log):
+    if not plot:
+        return None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("matplotlib is not installed: the figure will be skipped (pip install matplotlib, or the 'plot' extra)")
+        return None
+    lim = float(np.ceil(np.quantile(np.abs(test), 0.995) * 1.15 * 2) / 2)
+    return (lim, DEFAULTS["grid"], DEFAULTS["n_traj"])
+
+
+def run_demo(data="8gaussians", steps=None, seed=0, out=".", n_eval=None, plot=True, jobs=None, log=_print):
     """Train, evaluate, write ``results.json`` (and ``demo.png``) in ``out``; return the results.
 
     Parameters
     ----------
     data : one of fm_ref.distributions.TOY_DATASETS
     steps : int, CFM training steps (default 2000); NF and CNF budgets scale with it
-    seed : int, seeds every random stream
+    seed : int, seeds every random stream (the results do not depend on ``jobs``)
     out : str, an existing directory
     n_eval : int, held-out points for NLL and W₂ (default 2000; W₂ costs O(n²) memory)
     plot : bool, write the figure when matplotlib is importable
+    jobs : int, worker processes (default: min(2, usable cores)); 1 runs everything here
     log : callable(str), progress output
     """
     from ._validate import as_positive_int
@@ -178,30 +232,43 @@ def run_demo(data="8gaussians", steps=None, seed=0, out=".", n_eval=None, plot=T
         raise ValueError(f"data: expected one of {sorted(TOY_DATASETS)}, got {data!r}")
     steps = as_positive_int(DEFAULTS["steps"] if steps is None else steps, "steps")
     n_eval = as_positive_int(DEFAULTS["n_eval"] if n_eval is None else n_eval, "n_eval", minimum=2)
+    jobs = as_positive_int(min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else (os.cpu_count() or 1)) if jobs is None else jobs, "jobs")
     if not os.path.isdir(out):
         raise ValueError(f"out: expected an existing directory, got {out!r}")
     t_start = time.perf_counter()
-    seeds = np.random.SeedSequence(seed).spawn(8)
+    seeds = np.random.SeedSequence(seed).spawn(10)
     rng_data = np.random.default_rng(seeds[0])
     train = make_toy(data, DEFAULTS["n_train"], rng_data)
     test, test_b = make_toy(data, n_eval, rng_data), make_toy(data, n_eval, rng_data)
-    log(f"fm-ref demo: '{data}', {train.shape[0]} training points, {n_eval} held-out points, seed {seed}")
-
-    models = _train_all(train, steps, seeds[1:5], log)
-    log(f"evaluating on {n_eval} held-out points (ODE rtol = atol = {DEFAULTS['eval_tol']:g}, DOP853)")
-    floor = wasserstein2(test, test_b)
-    rng_eval = np.random.default_rng(seeds[5])
-    records, samples = [], {}
-    for m in models:
-        rec, samples[m.name] = _evaluate(m, test, rng_eval, log)
-        records.append(rec)
-    results = {"fm_ref_version": __version__, "data": data, "seed": seed, "steps": steps,
+    log(f"fm-ref demo: '{data}', {train.shape[0]} training points, {n_eval} held-out points, seed {seed}, "
+        f"{jobs} worker process{'es' if jobs > 1 else ''}")
+    figure = _figure_settings(test, plot, log)
+    pool = _executor(jobs)
+    try:
+        trained = [pool.submit(train_model, kind, train, steps, seeds[1 + k]) for k, kind in enumerate(MODELS)]
+        trained = [f.result() for f in trained]
+        log(f"training done at {time.perf_counter() - t_start:.1f} s; evaluating on {n_eval} held-out points "
+            f"(ODE rtol = atol = {DEFAULTS['eval_tol']:g}, DOP853, exact divergence)")
+        evals = [pool.submit(evaluate_model, job, test, seeds[5 + k], figure) for k, job in enumerate(trained)]
+        floor = wasserstein2(test, test_b)
+        evals = [f.result() for f in evals]
+    finally:
+        pool.shutdown()
+    for r in evals:
+        log(f"  {r['name']:<20s} NLL {r['nll']:6.3f} ± {r['nll_se']:.3f}   W2 {r['w2']:.3f}   "
+            f"NFE {r['sample_nfe'] or '-'}   ({r['eval_seconds']:.1f} s)")
+    records = [{k: v for k, v in r.items() if k not in ("samples", "density", "paths")} for r in evals]
+    results = {"fm_ref_version": __version__, "data": data, "seed": seed, "steps": steps, "jobs": jobs,
                "budget": dict(zip(("nf_steps", "cnf_steps", "cfm_steps"), budget(steps))),
                "n_train": train.shape[0], "n_eval": n_eval, "eval_tol": DEFAULTS["eval_tol"],
                "w2_floor": floor, "gaussian_nll": gaussian_baseline_nll(train, test), "models": records,
                "machine": machine_info(), "figure": None}
-    if plot:
-        results["figure"] = _maybe_plot(models, train, test, samples, results, out, seeds[6], log)
+    if figure is not None:
+        start = time.perf_counter()
+        results["figure"] = os.path.join(out, "demo.png")
+        plot_demo(evals, train, test, results, figure[0], results["figure"])
+        log(f"figure: {results['figure']} ({time.perf_counter() - start:.1f} s)")
     results["total_seconds"] = time.perf_counter() - t_start
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=1)
@@ -209,54 +276,37 @@ def run_demo(data="8gaussians", steps=None, seed=0, out=".", n_eval=None, plot=T
     return results
 
 
-def _maybe_plot(models, train, test, samples, results, out, seed, log):
-    try:
-        import matplotlib
-    except ImportError:
-        log("matplotlib is not installed: figure skipped (pip install 'fm_ref[plot]' or matplotlib)")
-        return None
+def plot_demo(evals, train, test, results, lim, path):
+    """3 × 5 panels: samples (row 1), densities (row 2), maps and paths (row 3); column 1 is the data."""
+    import matplotlib
+
     matplotlib.use("Agg")
-    start = time.perf_counter()
-    path = os.path.join(out, "demo.png")
-    plot_demo(models, train, test, samples, results, path, np.random.default_rng(seed))
-    log(f"figure: {path} ({time.perf_counter() - start:.1f} s)")
-    return path
-
-
-def plot_demo(models, train, test, samples, results, path, rng):
-    """3 × 5 panels: samples (row 1), densities (row 2), paths (row 3); column 1 is the data."""
     import matplotlib.pyplot as plt
 
-    lim = float(np.ceil(np.quantile(np.abs(test), 0.995) * 1.15 * 2) / 2)
     g = DEFAULTS["grid"]
-    axis = np.linspace(-lim, lim, g)
-    grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
     fig, axes = plt.subplots(3, 5, figsize=(17, 10.4))
-    names = ["data (held-out)"] + [m.name for m in models]
-    for j, name in enumerate(names):
+    for j, name in enumerate(["data (held-out)"] + [r["name"] for r in evals]):
         axes[0, j].set_title(name, fontsize=11)
     pts = dict(s=1.5, alpha=0.4, linewidths=0)
     axes[0, 0].scatter(test[:, 0], test[:, 1], color="k", **pts)
     axes[1, 0].hist2d(train[:, 0], train[:, 1], bins=g, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
-    axes[1, 0].set_ylabel("density", fontsize=11)
     axes[0, 0].set_ylabel("samples", fontsize=11)
+    axes[1, 0].set_ylabel("density", fontsize=11)
     axes[2, 1].set_ylabel("maps and paths", fontsize=11)
-    z = rng.standard_normal((DEFAULTS["n_traj"], 2))
-    for j, (m, rec) in enumerate(zip(models, results["models"]), start=1):
-        x = samples[m.name]
+    for j, r in enumerate(evals, start=1):
+        x = r["samples"]
         axes[0, j].scatter(x[:, 0], x[:, 1], color="C0", **pts)
-        axes[0, j].text(0.03, 0.03, f"W2 {rec['w2']:.3f} (floor {results['w2_floor']:.3f})",
+        axes[0, j].text(0.03, 0.03, f"W2 {r['w2']:.3f} (floor {results['w2_floor']:.3f})",
                         transform=axes[0, j].transAxes, fontsize=8)
-        dens = np.exp(m.log_prob(grid)[0]).reshape(g, g)
-        axes[1, j].imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis", aspect="equal")
-        axes[1, j].text(0.03, 0.03, f"NLL {rec['nll']:.3f} ± {rec['nll_se']:.3f}", color="w",
+        axes[1, j].imshow(r["density"], origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
+        axes[1, j].text(0.03, 0.03, f"NLL {r['nll']:.3f} ± {r['nll_se']:.3f}", color="w",
                         transform=axes[1, j].transAxes, fontsize=8)
-        if m.family == "NF":
-            for line in m.grid_image(3.0):
+        if r["family"] == "NF":
+            for line in r["paths"]:
                 axes[2, j].plot(line[:, 0], line[:, 1], color="C0", lw=0.6)
             axes[2, j].set_title("image of the grid z ∈ [-3, 3]² under the flow", fontsize=9)
             continue
-        xs = m.trajectory(z)
+        xs = r["paths"]
         axes[2, j].plot(xs[:, :, 0], xs[:, :, 1], color="0.6", lw=0.4, alpha=0.5)
         axes[2, j].scatter(xs[0, :, 0], xs[0, :, 1], color="C1", s=3, label="t = 0 (noise)")
         axes[2, j].scatter(xs[-1, :, 0], xs[-1, :, 1], color="C0", s=3, label="t = 1 (data)")

@@ -141,18 +141,29 @@ def test_bench_quick_writes_json(capsys, tmp_path):
     assert payload["machine"]["nproc"] >= 1
 
 
+DEMO_SMALL = ("demo", "--steps", "10", "--n-eval", "150", "--data", "moons")
+
+
 def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    out_dir = tmp_path / "demo"
-    code, out, _ = run(capsys, "demo", "--steps", "10", "--n-eval", "200", "--out", str(out_dir), "--data", "moons")
+    code, out, _ = run(capsys, *DEMO_SMALL, "--jobs", "1", "--out", str(tmp_path))
     assert code == 0
-    assert "figure skipped" in out and "held-out vs held-out (floor)" in out
-    res = json.loads((out_dir / "results.json").read_text())
+    assert "figure will be skipped" in out and "held-out vs held-out (floor)" in out
+    res = json.loads((tmp_path / "results.json").read_text())
     assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM"]
     assert res["budget"] == {"nf_steps": 2, "cnf_steps": 1, "cfm_steps": 10}
     for m in res["models"]:
         assert np.isfinite(m["nll"]) and m["w2"] > 0 and m["train_seconds"] > 0
-    assert res["figure"] is None and not (out_dir / "demo.png").exists()
+    assert res["figure"] is None and not (tmp_path / "demo.png").exists()
+
+
+def test_demo_in_two_processes_gives_the_same_numbers(capsys, tmp_path):
+    """Each model has its own seed, so worker processes change nothing but the wall time."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run(capsys, *DEMO_SMALL, "--jobs", "1", "--no-plot", "--out", str(one))[0] == 0
+    assert run(capsys, *DEMO_SMALL, "--jobs", "2", "--no-plot", "--out", str(two))[0] == 0
+    a, b = (json.loads((d / "results.json").read_text())["models"] for d in (one, two))
+    assert [(m["nll"], m["w2"], m["sample_nfe"]) for m in a] == [(m["nll"], m["w2"], m["sample_nfe"]) for m in b]
 
 
 def test_demo_figure_when_matplotlib_is_installed(capsys, tmp_path, monkeypatch):
@@ -161,7 +172,7 @@ def test_demo_figure_when_matplotlib_is_installed(capsys, tmp_path, monkeypatch)
 
     monkeypatch.setitem(demo.DEFAULTS, "grid", 12)  # coarse heat maps: the ODE solves dominate
     monkeypatch.setitem(demo.DEFAULTS, "n_traj", 20)
-    code, out, _ = run(capsys, "demo", "--steps", "4", "--n-eval", "100", "--out", str(tmp_path))
+    code, out, _ = run(capsys, "demo", "--steps", "4", "--n-eval", "100", "--jobs", "1", "--out", str(tmp_path))
     assert code == 0
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 
