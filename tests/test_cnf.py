@@ -14,7 +14,7 @@ from scipy.linalg import expm
 
 from fm_ref.cnf import CNF, FlowResult, Trajectory
 from fm_ref.distributions import GaussianMixture, StandardNormal
-from fm_ref.divergence import divergence
+from fm_ref.divergence import divergence, divergence_hutchinson
 from fm_ref.marginal import marginal_log_prob, marginal_velocity, posterior_mean, posterior_noise_mean
 from fm_ref.nn import MLP
 from fm_ref.paths import VP, CondOT, Cosine, LinearVP, Polynomial
@@ -305,6 +305,31 @@ def test_hutchinson_log_prob_is_unbiased_with_a_fixed_probe():
     eps = np.random.default_rng(24).choice([-1.0, 1.0], size=(1, 2, 2))
     a = flow.log_prob(x, divergence="hutchinson", eps=eps).log_prob
     assert np.array_equal(a, flow.log_prob(x, divergence="hutchinson", eps=eps).log_prob)
+
+
+class _TooManyEvaluations(Exception):
+    pass
+
+
+def test_a_probe_redrawn_at_every_evaluation_breaks_the_solver():
+    """The trap of derivations/06-cnf.md (CNF.9): with a fresh probe per call the right-hand
+    side is noise, the step size collapses, and the solve does not finish in 15x the NFE of
+    the fixed-probe solve (measured: the fixed probe needs 62; the redrawn one > 5 minutes)."""
+    mlp = MLP(2, (16, 16))
+    params = mlp.init(np.random.default_rng(21), scale=1.5)
+    v = lambda x, t: mlp.apply(params, x, t)  # noqa: E731
+    x = np.random.default_rng(22).normal(size=(20, 2))
+    fixed = CNF(v, 2, rtol=1e-6, atol=1e-6).log_prob(x, divergence="hutchinson", rng=np.random.default_rng(1))
+    rng, calls = np.random.default_rng(0), [0]
+
+    def redrawn(z, t):
+        calls[0] += 1
+        if calls[0] > 15 * fixed.nfev:
+            raise _TooManyEvaluations
+        return divergence_hutchinson(v, z, t, rng)
+
+    with pytest.raises(_TooManyEvaluations):
+        CNF(v, 2, rtol=1e-6, atol=1e-6, divergence_fn=redrawn).log_prob(x)
 
 
 # ---------------------------------------------------------------------------- (h) bad input
