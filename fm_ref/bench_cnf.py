@@ -15,7 +15,6 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as onp
 
@@ -165,28 +164,13 @@ def bench_dimensions(dims=(2, 8, 32), n=1000, hidden=(64, 64), tol=1e-8, repeats
     return {"n": n, "hidden": list(hidden), "tol": tol, "rows": rows}
 
 
-def _threaded_factory(mlp, params, workers=2):
-    """A CNF whose right-hand side evaluates batch halves in ``workers`` threads (NumPy
-    releases the GIL in ufuncs and BLAS). An experiment, not part of the API."""
-    pool = ThreadPoolExecutor(workers)
-
-    def vdiv(x, t):
-        parts = onp.array_split(onp.arange(x.shape[0]), workers)
-        outs = list(pool.map(lambda idx: _mlp_value_and_divergence(mlp, params, x[idx], t), parts))
-        return onp.concatenate([o[0] for o in outs]), onp.concatenate([o[1] for o in outs])
-
-    def factory(**kw):
-        return CNF(lambda z, t: mlp.apply(params, z, t), mlp.dim, value_and_divergence=vdiv, **kw)
-
-    return factory
-
-
 def bench_threads(n=1000, dim=2, hidden=(64, 64), tol=1e-8, repeats=7, seed=0, workers=2):
-    """The headline task at one tolerance: one thread vs batch halves in ``workers`` threads."""
+    """The headline task at one tolerance: one thread vs ``CNF.from_mlp(..., workers=2)``
+    (batch slices in parallel threads; meant for a single-threaded BLAS)."""
     mlp, params, x = _problem(n, dim, hidden, seed)
     single = bench_log_likelihood(n, dim, hidden, (tol,), ("DOP853",), repeats, seed)
     threaded = bench_log_likelihood(n, dim, hidden, (tol,), ("DOP853",), repeats, seed,
-                                    flow_factory=_threaded_factory(mlp, params, workers))
+                                    flow_factory=lambda **kw: CNF.from_mlp(mlp, params, workers=workers, **kw))
     return {"tol": tol, "workers": workers, "single": single["rows"][0], "threaded": threaded["rows"][0]}
 
 

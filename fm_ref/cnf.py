@@ -18,6 +18,7 @@ A solver failure (``status != 0``) raises ``RuntimeError`` with the solver's mes
 non-finite states raise ``FloatingPointError``; nothing returns NaN.
 """
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as onp
 from scipy.integrate import solve_ivp
@@ -63,6 +64,22 @@ def _check_time(t, name):
     if onp.ndim(t) != 0:
         raise ValueError(f"{name}: expected a float in [0, 1], got shape {onp.shape(t)}")
     return t
+
+
+def _in_threads(vdiv, workers):
+    """(x, t) -> (v, div) evaluated on ``workers`` slices of the batch in a thread pool."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="fm_ref-cnf")
+
+    def run(x, t):
+        n = x.shape[0]
+        if n < 2 * workers:
+            return vdiv(x, t)
+        cuts = [(n * k) // workers for k in range(workers + 1)]
+        outs = list(pool.map(lambda k: vdiv(x[cuts[k]:cuts[k + 1]], t), range(workers)))
+        return onp.concatenate([o[0] for o in outs]), onp.concatenate([o[1] for o in outs])
+
+    run.pool = pool
+    return run
 
 
 class CNF:
@@ -113,13 +130,18 @@ class CNF:
         self._vdiv = value_and_divergence
 
     @classmethod
-    def from_mlp(cls, mlp, params, **kw):
+    def from_mlp(cls, mlp, params, workers=1, **kw):
         """A CNF over v_θ = ``mlp(params, ·, ·)`` with its closed-form divergence (CNF.8).
 
         The right-hand side skips validation and uses
         ``fm_ref.divergence.mlp_value_and_divergence``: one forward pass and d tangents.
         Keyword arguments go to ``CNF``; passing ``divergence_fn`` replaces the closed form.
         The flow keeps ``flow.mlp`` and ``flow.params``.
+
+        ``workers > 1`` evaluates the right-hand side on that many slices of the batch in
+        parallel threads (NumPy releases the GIL inside ufuncs and BLAS); the result is the
+        same to rounding. Use it with a single-threaded BLAS (``OPENBLAS_NUM_THREADS=1``):
+        both kinds of threads at once oversubscribe the cores.
         """
         from .nn import MLP
 
@@ -129,8 +151,10 @@ class CNF:
             raise ValueError(f"mlp: a CNF needs out_dim == in_dim, got {mlp.out_dim} and {mlp.in_dim}")
         mlp.check_params(params)
         params = [(onp.asarray(W, dtype=onp.float64), onp.asarray(b, dtype=onp.float64)) for W, b in params]
+        workers = as_positive_int(workers, "workers")
         if "divergence_fn" not in kw:  # an explicit divergence_fn replaces the closed form
-            kw.setdefault("value_and_divergence", lambda x, t: _mlp_value_and_divergence(mlp, params, x, t))
+            vdiv = lambda x, t: _mlp_value_and_divergence(mlp, params, x, t)  # noqa: E731
+            kw.setdefault("value_and_divergence", vdiv if workers == 1 else _in_threads(vdiv, workers))
         flow = cls(lambda x, t: mlp.apply(params, x, t), mlp.dim, **kw)
         flow.mlp, flow.params = mlp, params
         return flow
