@@ -20,7 +20,7 @@ from autograd.tracer import getval
 from ._validate import as_generator, as_positive_int
 from .flows_layers import Layer, sech2, tanh
 
-__all__ = ["Planar", "Radial", "planar_root", "ROOT_TOL"]
+__all__ = ["Planar", "Radial", "planar_root", "ROOT_TOL", "MIN_WU"]
 
 #: The planar root a is returned when the last Newton or bisection step moved it by
 #: ≤ ROOT_TOL·(1 + |a|); a Newton step that small leaves an error of order its square,
@@ -30,6 +30,10 @@ ROOT_TOL = 1e-13
 ROOT_MAX_ITER = 2000
 #: log(e − 1): softplus of this is exactly 1 in exact arithmetic, so m = 0.
 LOG_E_MINUS_1 = float(onp.log(onp.expm1(1.0)))
+#: wᵀu enters softplus floored at −700, so softplus(wᵀu) ≥ e^{−700} ≈ 1e-304 stays a
+#: positive float64 and log det J stays finite; this changes the map only where
+#: wᵀu < −700, where det J on the hyperplane wᵀz + b = 0 is below 1e-304 anyway.
+MIN_WU = -700.0
 
 
 def softplus(a):
@@ -94,8 +98,14 @@ class Planar(Layer):
     wᵀû = m(wᵀu) > −1 and the map is invertible for every raw (w, u, b).
 
     log|det ∂x/∂z| = log(1 + sech²(a) wᵀû) = log(tanh²(a) + sech²(a) softplus(wᵀu)),
-    a = wᵀz + b (a convex combination of 1 and softplus(wᵀu), so never ≤ 0 unless
-    softplus(wᵀu) underflows, wᵀu < −745); derivations/07-normalizing-flows.md (NF.16).
+    a = wᵀz + b, a convex combination of 1 and softplus(wᵀu) > 0
+    (derivations/07-normalizing-flows.md (NF.16)); wᵀu is floored at MIN_WU = −700 inside
+    softplus so that this stays a positive float64.
+
+    Precision near the edge: û is computed with cancellation when |wᵀu| ≫ 1, so the float
+    value of 1 + wᵀû carries an absolute error ~ε(1 + ‖u‖‖w‖ + |wᵀu|); where the exact
+    det J is below that (only on the hyperplane wᵀz + b ≈ 0 when wᵀu ≲ −30), the float map
+    cannot resolve it.
 
     Inverse: a solves a + m tanh(a) = wᵀx + b (``planar_root``, to ROOT_TOL), and
     z = x − û tanh(a).
@@ -129,7 +139,7 @@ class Planar(Layer):
         """
         w, u, _ = params
         c = np.dot(w, u)
-        sp = softplus(c)
+        sp = softplus(np.maximum(c, MIN_WU))
         return u + (sp - 1.0 - c) * w / np.dot(w, w), sp
 
     def _forward(self, params, z):
