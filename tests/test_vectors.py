@@ -319,3 +319,25 @@ def test_unknown_kind_and_path_raise():
         vectors.generate(kinds=("nope",))
     with pytest.raises(ValueError, match="path"):
         vectors.make_path({"name": "nope"})
+
+
+# ----------------------------------------------------------------------- the README example
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_example_passes_fm_ref_check(tmp_path, capsys, monkeypatch):
+    """The README's end-to-end example: vectors, the user's own code, fm-ref check."""
+    import re
+
+    from fm_ref import cli
+
+    text = README.read_text(encoding="utf-8")
+    code = re.search(r"```python\n(# my_check\.py.*?)```", text, re.S).group(1)
+    commands = re.search(r"```bash\n(fm-ref vectors --out vectors\.json\n.*?)```", text, re.S).group(1).splitlines()
+    assert commands[1] == "python my_check.py"
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(commands[0].split()[1:] + ["--kind", "path_schedule", "--kind", "conditional_path"]) == 0
+    exec(compile(code, "my_check.py", "exec"), {"__name__": "__main__"})
+    assert cli.main(commands[2].split()[1:]) == 0
+    assert "12/12 cases within tolerance" in capsys.readouterr().out
