@@ -283,7 +283,7 @@ def build_parser():
     p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                    help="CFM training steps (default 2000); the NF and CNF budgets scale with it")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--out", default="fm_ref_demo", metavar="DIR", help="output directory (default ./fm_ref_demo)")
+    p.add_argument("--out", default="out", metavar="DIR", help="output directory, created if needed (default ./out)")
     p.add_argument("--n-eval", type=_positive_int, default=None, metavar="N",
                    help="held-out points for NLL and W2 (default 2000)")
     p.add_argument("--no-plot", action="store_true", help="do not write demo.png")
