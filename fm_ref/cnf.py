@@ -25,7 +25,7 @@ from scipy.integrate import solve_ivp
 
 from ._validate import as_finite_float, as_float_array, as_generator, as_points, as_positive_int, as_time
 from .distributions import StandardNormal
-from .divergence import PROBES, _divergence_hutchinson, _mlp_value_and_divergence, _probes, _value_and_divergence
+from .divergence import PROBES, MLPTrace, _divergence_hutchinson, _probes, _value_and_divergence
 
 __all__ = ["CNF", "FlowResult", "Trajectory", "METHODS"]
 
@@ -66,16 +66,19 @@ def _check_time(t, name):
     return t
 
 
-def _in_threads(vdiv, workers):
-    """(x, t) -> (v, div) evaluated on ``workers`` slices of the batch in a thread pool."""
+def _in_threads(make_vdiv, workers):
+    """(x, t) -> (v, div) on ``workers`` slices of the batch in a thread pool; slice k
+    always goes to its own ``make_vdiv()`` instance (work arrays are per instance)."""
     pool = ThreadPoolExecutor(workers, thread_name_prefix="fm_ref-cnf")
+    parts = [make_vdiv() for _ in range(workers)]
 
     def run(x, t):
         n = x.shape[0]
         if n < 2 * workers:
-            return vdiv(x, t)
+            v, div = parts[0](x, t)
+            return v.copy(), div.copy()
         cuts = [(n * k) // workers for k in range(workers + 1)]
-        outs = list(pool.map(lambda k: vdiv(x[cuts[k]:cuts[k + 1]], t), range(workers)))
+        outs = list(pool.map(lambda k: parts[k](x[cuts[k]:cuts[k + 1]], t), range(workers)))
         return onp.concatenate([o[0] for o in outs]), onp.concatenate([o[1] for o in outs])
 
     run.pool = pool
@@ -102,7 +105,8 @@ class CNF:
     divergence_fn : callable, optional
         div(x, t) -> (n,), replacing the exact autograd trace for ``divergence='exact'``.
     value_and_divergence : callable, optional
-        (x, t) -> (v, div) in one pass, for fast right-hand sides (``from_mlp`` sets it).
+        (x, t) -> (v, div) in one pass, for fast right-hand sides (``from_mlp`` sets it);
+        it may return views of its work arrays: the solver copies them at once.
 
     Derivation: derivations/06-cnf.md (CNF.1)
     """
@@ -153,8 +157,8 @@ class CNF:
         params = [(onp.asarray(W, dtype=onp.float64), onp.asarray(b, dtype=onp.float64)) for W, b in params]
         workers = as_positive_int(workers, "workers")
         if "divergence_fn" not in kw:  # an explicit divergence_fn replaces the closed form
-            vdiv = lambda x, t: _mlp_value_and_divergence(mlp, params, x, t)  # noqa: E731
-            kw.setdefault("value_and_divergence", vdiv if workers == 1 else _in_threads(vdiv, workers))
+            make = lambda: MLPTrace(mlp, params)  # noqa: E731
+            kw.setdefault("value_and_divergence", make() if workers == 1 else _in_threads(make, workers))
         flow = cls(lambda x, t: mlp.apply(params, x, t), mlp.dim, **kw)
         flow.mlp, flow.params = mlp, params
         return flow
