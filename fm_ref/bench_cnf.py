@@ -168,7 +168,9 @@ def bench_divergence_routes(n=1000, dim=2, hidden=(64, 64), repeats=20, seed=0):
 
 
 def bench_dimensions(dims=(2, 8, 32), n=1000, hidden=(64, 64), tol=1e-8, repeats=3, seed=0):
-    """Cost growth with d at fixed tolerance: NFE, median ms, ms per evaluation."""
+    """Cost growth with d at fixed tolerance: NFE, median ms, ms per evaluation of the exact
+    closed-form trace; and, for comparison, the same solve with one Rademacher probe
+    (Hutchinson, autograd VJP: one reverse pass whatever d)."""
     rows = []
     for d in dims:
         mlp, params, x = _problem(n, d, hidden, seed)
@@ -176,8 +178,11 @@ def bench_dimensions(dims=(2, 8, 32), n=1000, hidden=(64, 64), tol=1e-8, repeats
         cpu = []
         res, times = _time(lambda: flow.log_prob(x), repeats, cpu)
         med = 1e3 * float(onp.median(times))
+        hres, htimes = _time(lambda: flow.log_prob(x, divergence="hutchinson", rng=onp.random.default_rng(0)),
+                             repeats)
         rows.append({"dim": d, "nfev": res.nfev, "median_ms": med, "ms_per_eval": med / res.nfev,
-                     "cpu_ms": 1e3 * float(onp.median(cpu))})
+                     "cpu_ms": 1e3 * float(onp.median(cpu)), "hutchinson_nfev": hres.nfev,
+                     "hutchinson_median_ms": 1e3 * float(onp.median(htimes))})
     base = rows[0]["ms_per_eval"]
     for r in rows:
         r["per_eval_vs_first"] = r["ms_per_eval"] / base
@@ -253,7 +258,8 @@ def format_report(res):
     for r in dm["rows"]:
         lines.append(f"  d = {r['dim']:3d}: {r['nfev']:4d} NFE, {r['median_ms']:9.1f} ms, "
                      f"{r['ms_per_eval']:7.2f} ms/eval ({r['per_eval_vs_first']:.1f}x d = {dm['rows'][0]['dim']}), "
-                     f"CPU {r['cpu_ms']:.1f} ms")
+                     f"CPU {r['cpu_ms']:.1f} ms; Hutchinson 1 probe {r['hutchinson_median_ms']:.1f} ms "
+                     f"({r['hutchinson_nfev']} NFE)")
     b2 = res["blas_2_threads"]
     lines.append(f"\nOpenBLAS 2 threads, DOP853 tol {b2['tol']:g}: {b2['median_ms']:.1f} ms ({b2['nfev']} NFE)")
     th = res["threads"]
