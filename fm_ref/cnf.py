@@ -212,6 +212,9 @@ class CNF:
 
         def rhs(t, y):
             v, div = vdiv(y[:nd].reshape(n, d), t)
+            if onp.shape(v) != (n, d) or onp.shape(div) != (n,):
+                raise ValueError(f"velocity/divergence_fn: expected shapes {(n, d)} and {(n,)}, "
+                                 f"got {onp.shape(v)} and {onp.shape(div)}")
             out = onp.empty(nd + n)
             out[:nd] = onp.reshape(v, -1)
             out[nd:] = div

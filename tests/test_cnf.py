@@ -388,6 +388,8 @@ def test_bad_input_raises_naming_the_argument():
         flow.trajectory(np.zeros((1, 2)), [0.5])
     with pytest.raises(ValueError, match="velocity"):
         CNF(lambda x, t: x[:, :1], 2).push_forward(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="divergence_fn"):
+        CNF(v, 2, divergence_fn=lambda x, t: np.zeros((x.shape[0], 1))).log_prob(np.zeros((2, 2)))
     with pytest.raises(TypeError, match="mlp"):
         CNF.from_mlp("mlp", [])
     with pytest.raises(ValueError, match="workers"):
