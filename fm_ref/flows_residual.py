@@ -41,6 +41,17 @@ def softplus(a):
     return np.logaddexp(0.0, a)
 
 
+@primitive
+def row_norm(v):
+    """‖v_i‖ for each row of v, shape (n,), with the derivative v_i/‖v_i‖ taken as 0 at
+    v_i = 0 (sqrt's derivative there is infinite and would give 0·∞ = NaN; the radial map
+    itself is differentiable at its centre, and this zero is the limit its Jacobian needs)."""
+    return onp.sqrt(onp.sum(v**2, axis=1))
+
+
+defvjp(row_norm, lambda ans, v: lambda g: (g / np.where(ans > 0, ans, 1.0))[:, None] * v)
+
+
 def _fprime(a, sp):
     """f'(a) = 1 + m sech²(a) with m = sp − 1, written tanh²(a) + sech²(a)·sp (> 0, no cancellation)."""
     return tanh(a) ** 2 + sech2(a) * sp
@@ -195,7 +206,7 @@ class Radial(Layer):
         z0, a_raw, b_raw = params
         alpha, sp = softplus(a_raw), softplus(b_raw)
         diff = z - z0
-        r = np.sqrt(np.sum(diff**2, axis=1))
+        r = row_norm(diff)
         x = z + ((sp - alpha) / (alpha + r))[:, None] * diff
         return x, self._log_det(r, alpha, sp)
 
@@ -203,7 +214,7 @@ class Radial(Layer):
         z0, a_raw, b_raw = params
         alpha, sp = softplus(a_raw), softplus(b_raw)
         diff = x - z0
-        rho = np.sqrt(np.sum(diff**2, axis=1))
+        rho = row_norm(diff)
         B = sp - rho
         # q = −(B + sign(B)√D)/2 never vanishes (D = B² + 4αρ > 0 as sp > 0); the roots are q and −αρ/q.
         root_d = np.sqrt(B**2 + 4.0 * alpha * rho)

@@ -248,6 +248,22 @@ def test_log_prob_parameter_gradient_matches_central_differences():
                 assert abs(np.asarray(g[k][j])[idx] - fd) <= FD_RTOL * (1.0 + abs(fd))
 
 
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_radial_at_its_centre(dim):
+    """At z = z₀ the radial map is differentiable with J = (1 + β/α) I: the autograd Jacobian
+    (through row_norm's zero derivative at 0) and the log-det agree; z₀ is a fixed point."""
+    params = (np.linspace(-1.0, 1.0, dim), np.array(0.4), np.array(-1.5))
+    z0 = params[0][None, :]
+    layer = Radial(dim)
+    for method in (layer.forward_and_log_det, layer.inverse_and_log_det):
+        out, _ = method(params, z0)
+        assert np.max(np.abs(out - z0)) <= 1e-15
+        assert log_det_error(layer, params, z0, inverse=method == layer.inverse_and_log_det) <= LOGDET_RTOL
+    alpha, beta = float(softplus(0.4)), float(softplus(-1.5) - softplus(0.4))
+    _, log_det = layer.forward_and_log_det(params, z0)
+    assert abs(log_det[0] - dim * np.log1p(beta / alpha)) <= 1e-14 * dim
+
+
 @given(dims, seeds, st.sampled_from([-20.0, -3.0, 0.0, 3.0]), st.sampled_from([-30.0, -5.0, 0.0, 5.0]))
 def test_radial_radius_matches_brentq(dim, seed, a_raw, b_raw):
     """The closed-form radius of the radial inverse against brentq on ρ = r(r + sp)/(α + r).
