@@ -6,6 +6,8 @@ its moments; the matrix exponential for linear fields; quadrature of exp(log p);
 a discrete residual flow with slogdet log-determinants. Each check is shown to reject
 a deliberately wrong CNF (the divergence with a flipped sign, a flipped velocity term).
 """
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,7 +21,7 @@ from fm_ref.marginal import marginal_log_prob, marginal_velocity, posterior_mean
 from fm_ref.nn import MLP
 from fm_ref.paths import VP, CondOT, Cosine, LinearVP, Polynomial
 from fm_ref.verify import cnf as checks
-from strategies import square_matrices
+from strategies import mixtures, paths, seeds, square_matrices
 
 # Solver tolerance of the closed-form comparisons (the issue's setting).
 TIGHT = 1e-10
@@ -65,6 +67,19 @@ def test_log_prob_matches_closed_form_marginal_for_each_path(path, t1):
     x = target.sample(3, np.random.default_rng(10))
     res = marginal_cnf(target, path).log_prob(x, t1=t1)
     assert isinstance(res, FlowResult) and res.nfev > 0 and res.log_prob.dtype == np.float64
+    assert np.max(np.abs(res.log_prob - marginal_log_prob(target, path, x, t1))) <= LOG_PROB_ATOL
+
+
+# A few drawn (mixture, path, points) cases by default; many under HYPOTHESIS_PROFILE=thorough.
+_DRAWN_CASES = 3 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else 60
+
+
+@given(target=mixtures(dim=2, k_max=3, min_var=0.05), path=paths(), seed=seeds)
+@settings(max_examples=_DRAWN_CASES)
+def test_log_prob_matches_closed_form_marginal_for_drawn_mixtures(target, path, seed):
+    t1 = 0.999 if isinstance(path, (VP, LinearVP)) else 1.0
+    x = target.sample(2, np.random.default_rng(seed))
+    res = marginal_cnf(target, path).log_prob(x, t1=t1)
     assert np.max(np.abs(res.log_prob - marginal_log_prob(target, path, x, t1))) <= LOG_PROB_ATOL
 
 
