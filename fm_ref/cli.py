@@ -182,6 +182,10 @@ def cmd_check(args):
         if not (isinstance(tol, dict) and all(isinstance(tol.get(k), (int, float)) for k in ("abs", "rel"))):
             raise ValueError(f"VECTORS: case {case['id']!r} has no tolerance {{'abs': ..., 'rel': ...}}")
     report = vectors.compare(ref, got, kinds=args.kind)
+    unknown = sorted({c["id"] for c in got["cases"]} - {c["id"] for c in ref["cases"]})
+    if unknown:
+        _say(f"note: {len(unknown)} case(s) in {args.results} are not in {args.vectors} and were ignored: "
+             f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
     by_kind = {}
     for r in report:
         by_kind.setdefault(r["kind"], []).append(r)

@@ -88,6 +88,10 @@ def test_check_against_itself_passes(capsys, small_vectors, tmp_path):
     code, out, _ = run(capsys, "check", str(small_vectors), str(small_vectors), "--all", "--json", str(report))
     assert code == 0 and "12/12 cases within tolerance" in out
     assert json.loads(report.read_text())["passed"] is True
+    extra = json.loads(small_vectors.read_text())
+    extra["cases"].append({"id": "mine/extra", "outputs": {"y": [1.0]}})
+    code, out, _ = run(capsys, "check", str(small_vectors), _write(tmp_path, "extra.json", extra))
+    assert code == 0 and "were ignored: mine/extra" in out
 
 
 def test_check_against_a_corrupted_copy_fails(capsys, small_vectors, tmp_path):
@@ -182,6 +186,8 @@ def test_demo_bad_arguments(capsys, tmp_path):
     assert_usage_error(capsys, "demo", "--steps", "0", match="positive integer")
     assert_usage_error(capsys, "demo", "--steps", "many", match="positive integer")
     assert_usage_error(capsys, "demo", "--seed", "x", match="invalid int")
+    assert_usage_error(capsys, "demo", "--n-eval", "1", "--out", str(tmp_path), match="n_eval")
+    assert_usage_error(capsys, "demo", "--n-eval", "20001", "--out", str(tmp_path), match="n_eval")
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert_usage_error(capsys, "demo", "--out", str(blocker / "sub"), match="--out")
