@@ -288,7 +288,7 @@ def gaussian_baseline_nll(train, test):
 DEFAULT_LAYERS = {"coupling": 8, "maf": 5, "planar": 32, "radial": 32}
 
 
-def default_flow(dim=2, kind="coupling", n_layers=None, hidden=(64, 64)):
+def default_flow(dim=2, kind="coupling", n_layers=None, hidden=(32, 32)):
     """A reasonable flow for d-dimensional density estimation (used by the demo).
 
     - 'coupling': n_layers AffineCoupling layers with alternating 'even'/'odd' masks;

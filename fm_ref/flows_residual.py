@@ -119,7 +119,9 @@ class Planar(Layer):
     cannot resolve it.
 
     Inverse: a solves a + m tanh(a) = wᵀx + b (``planar_root``, to ROOT_TOL), and
-    z = x − û tanh(a).
+    z = x − û tanh(a). A rounding of wᵀx + b moves the root by itself times
+    κ = 1/F'(a) ≤ max(1, 1/softplus(wᵀu)), so round trips are accurate to ~ε·κ: exact to
+    rounding for wᵀu ≥ 0.55, looser as wᵀu → −∞ (the inverse is ill-conditioned there).
 
     ``identity_params()``: w = e₁, u = log(e − 1) e₁, b = 0, so m = 0, û = 0 (to
     rounding, |û| ≲ 1e-16). ``init(rng)`` is the same with w ~ N(0, I/d) random.

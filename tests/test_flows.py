@@ -8,16 +8,15 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import grad
-from hypothesis import given, settings, target
+from hypothesis import given, target
 from hypothesis import strategies as st
 from scipy.optimize import brentq
 
 from fm_ref.flows import (AffineCoupling, ElementwiseAffine, Flow, MaskedAutoregressive, Permutation, Planar,
                           Radial, Reverse, default_flow)
 from fm_ref.flows_residual import ROOT_TOL, planar_root, softplus
-from fm_ref.verify.flows import (INVERSE_RTOL, LOGDET_RTOL, check_inverse, check_log_det, inverse_error,
-                                 log_det_error, slogdet_of_jacobian)
-from tests.strategies import FLOW_LAYER_KINDS, dims, flow_layers, flow_stacks, make_flow_layer, points, seeds
+from fm_ref.verify.flows import INVERSE_RTOL, LOGDET_RTOL, check_inverse, check_log_det, inverse_error, log_det_error
+from tests.strategies import FLOW_LAYER_KINDS, dims, fewer, flow_layers, flow_stacks, make_flow_layer, points, seeds
 
 # Identity parameters: exactly the identity for every layer but Planar, whose û is
 # u + (softplus(log(e−1)) − 1 − log(e−1))·w = O(ε) after rounding: a few ulps of |z|.
@@ -35,6 +34,18 @@ FD_RTOL = 1e-6
 def _worst(err):
     target(float(err))
     return err
+
+
+def conditioning(layer_or_flow, params):
+    """κ = Π over planar layers of max(1, 1/softplus(wᵀu)) ≥ 1/F'(a*): the condition number of
+    the scalar root problem, which bounds how much a rounding of wᵀx + b moves a* (NF.18).
+    Round trips through a planar layer are accurate to ~ε·κ, not ε (κ = 1 for wᵀu ≥ 0.55)."""
+    pairs = zip(layer_or_flow.layers, params) if isinstance(layer_or_flow, Flow) else [(layer_or_flow, params)]
+    kappa = 1.0
+    for layer, p in pairs:
+        if isinstance(layer, Planar):
+            kappa *= max(1.0, 1.0 / float(softplus(max(float(np.dot(p[0], p[1])), -700.0))))
+    return kappa
 
 
 # ------------------------------------------------------------------ 3a: log-determinants
@@ -57,7 +68,7 @@ def test_inverse_log_det_matches_slogdet_of_the_inverse_jacobian(layer_params, d
     assert _worst(log_det_error(layer, params, x, inverse=True)) <= LOGDET_RTOL
 
 
-@settings(max_examples=10)
+@fewer(0.5)
 @given(flow_stacks(), st.data())
 def test_composition_log_det_matches_slogdet_of_jacobian(flow_params, data):
     """derivations/07-normalizing-flows.md (NF.3)"""
@@ -113,7 +124,7 @@ def test_inverse_inverts(layer_params, data):
     err_z, _ = inverse_error(layer, params, z)
     x_back = layer.forward_and_log_det(params, layer.inverse_and_log_det(params, z)[0])[0]
     err_x = np.max(np.abs(x_back - z)) / (1.0 + np.max(np.abs(z)))
-    assert _worst(max(err_z, err_x)) <= INVERSE_RTOL
+    assert _worst(max(err_z, err_x) / conditioning(layer, params)) <= INVERSE_RTOL
 
 
 @given(flow_layers(), st.data())
@@ -121,16 +132,16 @@ def test_forward_log_det_is_minus_inverse_log_det(layer_params, data):
     """derivations/07-normalizing-flows.md (NF.2)"""
     layer, params = layer_params
     _, err_ld = inverse_error(layer, params, data.draw(points(layer.dim, n=5, scale=3.0)))
-    assert _worst(err_ld) <= INVERSE_RTOL
+    assert _worst(err_ld / conditioning(layer, params)) <= INVERSE_RTOL
 
 
-@settings(max_examples=10)
+@fewer(0.5)
 @given(flow_stacks(), st.data())
 def test_flow_inverse_inverts(flow_params, data):
     """derivations/07-normalizing-flows.md (NF.3)"""
     flow, params = flow_params
     err_z, err_ld = inverse_error(flow, params, data.draw(points(flow.dim, n=4)))
-    assert _worst(max(err_z, err_ld)) <= INVERSE_RTOL
+    assert _worst(max(err_z, err_ld) / conditioning(flow, params)) <= INVERSE_RTOL
 
 
 def test_inverse_check_rejects_a_wrong_inverse():

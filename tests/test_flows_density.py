@@ -9,8 +9,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import jacobian
-from hypothesis import given, settings, target
-from hypothesis import strategies as st
+from hypothesis import given, target
 from scipy import stats
 from scipy.integrate import cumulative_trapezoid, quad
 
@@ -21,7 +20,7 @@ from fm_ref.flows_coupling import made_masks
 from fm_ref.flows_residual import softplus
 from fm_ref.verify.flows import (MASS_D1_TOL, MASS_D2_TOL, check_mass_d1, check_mass_d2, mass_by_quadrature,
                                  mass_on_grid, random_params)
-from tests.strategies import adversarial_planar_radial, flow_stacks, seeds
+from tests.strategies import adversarial_planar_radial, fewer, flow_stacks, seeds
 
 # A determinant is "resolved" when it exceeds the rounding floor of the autograd Jacobian and
 # its LU factorisation, ~d·ε·κ·‖J‖^d, κ the relative rounding of J's entries (1 for a plain
@@ -72,7 +71,7 @@ def _line_through_the_critical_set(layer, params, rng):
     return params[0] + 1e-3 * offset + 1e-3 * direction / 7.0, direction
 
 
-@settings(max_examples=15)
+@fewer(0.75)
 @given(adversarial_planar_radial(), seeds)
 def test_planar_and_radial_determinant_never_changes_sign(layer_params, seed):
     """For any raw parameters, det ∂x/∂z > 0 along a line through the critical set (sign of
@@ -159,7 +158,7 @@ def _flipped_log_prob(flow, params):
     return log_prob
 
 
-@settings(max_examples=4)
+@fewer(0.2)
 @given(flow_stacks(dim=1, max_layers=3, scale=0.7))
 def test_mass_is_one_in_d1_by_adaptive_quadrature(flow_params):
     """derivations/07-normalizing-flows.md (NF.1)"""
@@ -169,7 +168,7 @@ def test_mass_is_one_in_d1_by_adaptive_quadrature(flow_params):
     assert abs(mass - 1.0) <= MASS_D1_TOL and err <= MASS_D1_TOL
 
 
-@settings(max_examples=3)
+@fewer(0.15)
 @given(flow_stacks(dim=2, max_layers=3, scale=0.3))
 def test_mass_is_one_in_d2_on_a_grid(flow_params):
     """derivations/07-normalizing-flows.md (NF.1)"""
@@ -261,7 +260,7 @@ def test_goodness_of_fit_rejects_a_wrong_sampler():
     assert abs(_expected_log_density_z(flow2, params2, flow2.forward_and_log_det(params2, z2)[0])) > Z_BOUND
 
 
-@settings(max_examples=10)
+@fewer(0.5)
 @given(flow_stacks(), seeds)
 def test_sample_with_log_prob_matches_log_prob(flow_params, seed):
     """Forward route (NF.5: log p₀(z) − Σ forward log-dets) vs inverse route (NF.4).
