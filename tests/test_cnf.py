@@ -11,7 +11,6 @@ import os
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from scipy.integrate import quad
 from scipy.linalg import expm
 
 from fm_ref.cnf import CNF, FlowResult, Trajectory
