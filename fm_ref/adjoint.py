@@ -29,14 +29,15 @@ from .train import adam
 __all__ = ["adjoint_nll_grad", "nll_rk4", "train_cnf_mle"]
 
 
-def _check(mlp, params, x, base):
+def _check(mlp, params, x, base, params_checked=True):
     from .nn import MLP
 
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp: expected an fm_ref.nn.MLP, got {type(mlp).__name__}")
     if mlp.out_dim != mlp.in_dim:
         raise ValueError(f"mlp: a CNF needs out_dim == in_dim, got {mlp.out_dim} and {mlp.in_dim}")
-    mlp.check_params(params)
+    if params_checked:
+        mlp.check_params(params)
     x = as_points(x, "x", dim=mlp.dim)
     base = StandardNormal(mlp.dim) if base is None else base
     return x, base
@@ -174,6 +175,7 @@ def train_cnf_mle(mlp, params_or_rng, data, steps, rng, lr=1e-2, batch=128, call
 
     Derivation: derivations/06-cnf.md (CNF.13)
     """
+    _check(mlp, None, onp.zeros((1, getattr(mlp, "dim", 1))), base, params_checked=False)
     if isinstance(params_or_rng, onp.random.Generator):
         params = mlp.init(params_or_rng)
     else:

@@ -126,5 +126,7 @@ def test_bad_input_raises_naming_the_argument():
         train_cnf_mle(mlp, params, x, 1, 0, batch=4)
     with pytest.raises(ValueError, match="x"):
         train_cnf_mle(mlp, params, np.zeros((10, 3)), 1, np.random.default_rng(0), batch=4)
+    with pytest.raises(TypeError, match="mlp"):
+        train_cnf_mle("mlp", np.random.default_rng(0), x, 1, np.random.default_rng(0), batch=4)
     with pytest.raises(TypeError, match="callback"):
         train_cnf_mle(mlp, params, x, 1, np.random.default_rng(0), batch=4, callback=3)
