@@ -118,7 +118,8 @@ def test_registered_checks_pass():
 
 @given(flow_layers(), st.data())
 def test_inverse_inverts(layer_params, data):
-    """inverse(forward(z)) = z and forward(inverse(x)) = x.  derivations/07-normalizing-flows.md (NF.10), (NF.14), (NF.18), (NF.23)"""
+    """inverse(forward(z)) = z and forward(inverse(x)) = x.
+    derivations/07-normalizing-flows.md (NF.10), (NF.14), (NF.18), (NF.23)"""
     layer, params = layer_params
     z = data.draw(points(layer.dim, n=5, scale=3.0))
     err_z, _ = inverse_error(layer, params, z)
