@@ -19,7 +19,7 @@ import time
 import numpy as onp
 
 from .cnf import CNF
-from .divergence import MLPTrace, _value_and_divergence, mlp_value_and_divergence_traced
+from .divergence import MLPTrace, _value_and_divergence
 from .nn import MLP
 
 __all__ = ["blas_threads", "machine_info", "bench_log_likelihood", "bench_divergence_routes", "bench_dimensions",
@@ -144,8 +144,8 @@ def bench_log_likelihood(n=1000, dim=2, hidden=(64, 64), tols=TOLS,
 def bench_divergence_routes(n=1000, dim=2, hidden=(64, 64), repeats=20, seed=0):
     """Milliseconds per batched (v, ∇·v) evaluation for each divergence route.
 
-    Routes: the fast closed form used by ``CNF.from_mlp`` (CNF.8); ``MLP.value_and_divergence``
-    (Jacobian then trace, autograd.numpy); the traced closed form (autograd.numpy); the
+    Routes: the fast closed form used by ``CNF.from_mlp`` (CNF.8, plain NumPy, reused work
+    arrays); ``MLP.value_and_divergence`` (the same closed form in autograd.numpy); the
     generic reverse-mode trace (CNF.7, d VJPs); the forward pass alone.
     """
     mlp, params, x = _problem(n, dim, hidden, seed)
@@ -153,8 +153,7 @@ def bench_divergence_routes(n=1000, dim=2, hidden=(64, 64), repeats=20, seed=0):
     routes = {
         "forward pass only (v)": lambda: mlp.apply(params, x, 0.5),
         "closed form, plain NumPy (CNF.from_mlp: MLPTrace)": lambda: trace(x, 0.5),
-        "closed form, autograd.numpy (traced)": lambda: mlp_value_and_divergence_traced(mlp, params, x, 0.5),
-        "MLP.value_and_divergence (Jacobian, validated)": lambda: mlp.value_and_divergence(params, x, 0.5),
+        "MLP.value_and_divergence (autograd.numpy, validated)": lambda: mlp.value_and_divergence(params, x, 0.5),
         "reverse mode, d VJPs (CNF.7)": lambda: _value_and_divergence(lambda z, t: mlp.apply(params, z, t), x, 0.5),
     }
     out = {}

@@ -30,7 +30,6 @@ __all__ = [
     "hutchinson_variance",
     "draw_probes",
     "mlp_value_and_divergence",
-    "mlp_value_and_divergence_traced",
     "MLPTrace",
     "PROBES",
 ]
@@ -224,7 +223,7 @@ def mlp_value_and_divergence(mlp, params, x, t):
 
     Validates, then evaluates ``MLPTrace`` (forward-mode tangents, the trace without the
     Jacobian). Plain NumPy (not for autograd); the autograd-differentiable version is
-    ``mlp_value_and_divergence_traced``.
+    ``MLP.value_and_divergence``.
 
     Parameters
     ----------
@@ -255,42 +254,6 @@ def _time_features(mlp, t):
         return onp.array([t])
     k = 2.0 * onp.pi * onp.arange(1, mlp.time_features + 1)
     return onp.concatenate([[t], onp.sin(k * t), onp.cos(k * t)])
-
-
-def mlp_value_and_divergence_traced(mlp, params, x, t):
-    """The same closed form as ``mlp_value_and_divergence`` in ``autograd.numpy``, no validation.
-
-    Differentiable by autograd in ``params`` and ``x`` (the adjoint method needs the
-    VJPs of ∇·v_θ). The trace is Σ_i T[i] W_L[:, i], with no diagonal-extracting einsum
-    (autograd 1.9 cannot differentiate ``einsum('nii->n')``).
-
-    Parameters
-    ----------
-    mlp : fm_ref.nn.MLP; params : list of (W, b); x : array, shape (n, d); t : float
-
-    Returns
-    -------
-    (value, div) of shapes (n, d) and (n,)
-
-    Derivation: derivations/06-cnf.md (CNF.8)
-    """
-    n, d = x.shape
-    feats = mlp.features(x, t)
-    W, b = params[0]
-    if len(params) == 1:
-        return feats @ W + b, np.trace(W[:d]) * np.ones(n)
-    a = feats @ W + b
-    tangent = W[:d][:, None, :] * mlp.d_act(a)[None]
-    h = mlp.act(a)
-    for W, b in params[1:-1]:
-        a = h @ W + b
-        tangent = np.reshape(np.reshape(tangent, (d * n, -1)) @ W, (d, n, -1)) * mlp.d_act(a)[None]
-        h = mlp.act(a)
-    W, b = params[-1]
-    div = tangent[0] @ W[:, 0]
-    for i in range(1, d):
-        div = div + tangent[i] @ W[:, i]
-    return h @ W + b, div
 
 
 #: |a| beyond which tanh(a) rounds to ±1 in float64 (1 − tanh 20 ≈ 8.5e-18 < ulp(1)/2).

@@ -152,7 +152,8 @@ class MLP:
         x, t = self._validate(params, x, t)
         return self._value_and_jacobian(params, x, t)
 
-    def _value_and_jacobian(self, params, x, t):
+    def _value_and_tangent(self, params, x, t):
+        """(h_{L−1}, T_{L−1}): the last hidden layer, shape (n, h), and its tangent ∂h/∂x, (n, d, h)."""
         h = self.features(x, t)
         # ∂(features)/∂x: the identity on the first d features, zero on the time features.
         tangent = np.ones((x.shape[0], 1, 1)) * onp.eye(self.in_dim, h.shape[1])[None]
@@ -160,6 +161,10 @@ class MLP:
             a = h @ W + b
             tangent = (tangent @ W) * self.d_act(a)[:, None, :]
             h = self.act(a)
+        return h, tangent
+
+    def _value_and_jacobian(self, params, x, t):
+        h, tangent = self._value_and_tangent(params, x, t)
         W, b = params[-1]
         return h @ W + b, np.swapaxes(tangent @ W, 1, 2)
 
@@ -178,11 +183,21 @@ class MLP:
     def _value_and_divergence(self, params, x, t):
         if self.out_dim != self.in_dim:
             raise ValueError("params: the divergence needs out_dim == dim")
-        value, jac = self._value_and_jacobian(params, x, t)
-        return value, np.einsum("nii->n", jac)
+        h, tangent = self._value_and_tangent(params, x, t)
+        W, b = params[-1]
+        # tr J = Σ_i Σ_k T[n, i, k] W[k, i]: the Jacobian is never formed, and the sum is
+        # differentiable by autograd (which cannot differentiate einsum('nii->n')).
+        return h @ W + b, np.sum(tangent * np.transpose(W)[None], axis=(1, 2))
 
     def value_and_divergence(self, params, x, t):
-        """(v_θ(x, t), ∇·v_θ(x, t)), shapes (n, d) and (n,), one pass."""
+        """(v_θ(x, t), ∇·v_θ(x, t)), shapes (n, d) and (n,), one pass.
+
+        Written in autograd.numpy and differentiable in ``params`` and ``x`` (the adjoint
+        method needs the VJPs of ∇·v_θ). For ODE inner loops the plain-NumPy evaluation
+        of the same closed form with reused work arrays is ``fm_ref.divergence.MLPTrace``.
+
+        Derivation: derivations/06-cnf.md (CNF.8)
+        """
         x, t = self._validate(params, x, t)
         return self._value_and_divergence(params, x, t)
 
