@@ -239,3 +239,17 @@ def test_bad_call_arguments_raise_naming_them():
         for t in (np.array([0.1, 0.2, 0.3]), np.zeros((2, 1)), 1.5, -0.1, float("nan")):
             with pytest.raises(ValueError, match="^t: "):
                 method(params, x, t)
+
+
+def test_tanh_derivatives_stay_finite_for_saturated_units():
+    """Autograd's own tanh derivative 1/cosh² overflows past |a| ≈ 355; the MLP's tanh
+    differentiates as 1 − tanh² (first and second order), against the closed forms."""
+    from autograd import elementwise_grad
+
+    from fm_ref.nn import ACTIVATIONS
+
+    act, d_act = ACTIVATIONS["tanh"]
+    a = np.array([-900.0, -0.7, 0.0, 0.3, 400.0])
+    th = np.tanh(a)
+    assert np.allclose(elementwise_grad(act)(a), 1.0 - th**2, rtol=1e-15, atol=0)
+    assert np.allclose(elementwise_grad(d_act)(a), -2.0 * th * (1.0 - th**2), rtol=1e-14, atol=0)
