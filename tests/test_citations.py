@@ -55,3 +55,28 @@ def test_the_check_rejects_a_missing_tag_and_file():
 def test_tags_are_unique_within_a_file(path):
     tags = re.findall(r"\\tag\{([^}]+)\}", path.read_text(encoding="utf-8"))
     assert len(tags) == len(set(tags)), f"duplicate tags in {path.name}"
+
+
+TEST_REFERENCE = re.compile(r"(tests/test_[a-z0-9_]+\.py)::(test_[A-Za-z0-9_]+)")
+
+
+def missing_tests(text, root=ROOT):
+    """The `tests/test_x.py::test_name` references in a text that name no such test."""
+    bad = []
+    for m in TEST_REFERENCE.finditer(text):
+        path = root / m.group(1)
+        if not path.is_file() or not re.search(rf"def {m.group(2)}\b", path.read_text(encoding="utf-8")):
+            bad.append(m.group(0))
+    return bad
+
+
+def test_every_test_named_in_the_docs_exists():
+    """The derivations' 'Checked by' lines and the README's tour name real tests."""
+    docs = sorted((ROOT / "derivations").glob("*.md")) + [ROOT / "README.md"]
+    bad = [f"{d.name}: {ref}" for d in docs for ref in missing_tests(d.read_text(encoding="utf-8"))]
+    assert not bad, "stale test references:\n" + "\n".join(bad)
+
+
+def test_the_test_reference_check_rejects_a_missing_test():
+    assert missing_tests("tests/test_losses.py::test_that_does_not_exist") != []
+    assert missing_tests("tests/test_losses.py::test_gradient_gap_shrinks_as_nodes_are_added") == []
