@@ -26,6 +26,7 @@ from fm_ref.distributions import Empirical, GaussianMixture, StandardNormal
 from fm_ref.marginal import (marginal_log_prob, marginal_score, marginal_velocity, posterior_mean,
                              posterior_noise_mean)
 from fm_ref.paths import PATHS, VP, CondOT, Cosine, LinearVP, Polynomial
+from fm_ref.verify.foundation import residual_of_continuity
 from strategies import fewer, interior_times, mixtures, paths, points, seeds
 
 # log p_t two ways (eigendecomposition here, scipy's factorisation there): a few ulps of the
@@ -185,20 +186,6 @@ def test_velocity_and_tweedie_checks_reject_wrong_answers(name):
 # ------------------------------------------------------------ Theorem 1 (§8 e)
 
 
-def continuity_residual(log_density, velocity, x, t):
-    """max over points of |∂_t p + ∇·(p u)| / (|∂_t p| + Σ_j |∂_j (p u_j)|), all by autograd.
-
-    t has shape (n,), and row i depends on (x_i, t_i) only, so elementwise gradients are exact.
-    """
-    dp_dt = elementwise_grad(lambda s: anp.exp(log_density(x, s)))(t)
-    div_terms = [
-        elementwise_grad(lambda y, j=j: anp.exp(log_density(y, t)) * velocity(y, t)[:, j])(x)[:, j]
-        for j in range(x.shape[1])
-    ]
-    residual = dp_dt + sum(div_terms)
-    scale = np.abs(dp_dt) + sum(np.abs(term) for term in div_terms)
-    assert np.all(scale > 0.0)
-    return float(np.max(np.abs(residual) / scale))
 
 
 def _marginal_case(target, path, seed, n=4):
@@ -214,7 +201,7 @@ def _marginal_case(target, path, seed, n=4):
 @given(mixtures(), paths(), seeds)
 def test_theorem_1_marginal_velocity_generates_the_marginal_path(target, path, seed):
     x, t = _marginal_case(target, path, seed)
-    res = continuity_residual(lambda y, s: marginal_log_prob(target, path, y, s),
+    res = residual_of_continuity(lambda y, s: marginal_log_prob(target, path, y, s),
                               lambda y, s: marginal_velocity(target, path, y, s), x, t)
     assert res <= CONTINUITY_RTOL
 
@@ -237,7 +224,7 @@ def test_theorem_1_check_rejects_a_wrong_velocity(name, wrong):
                  for m, c in zip(target.means, target.covs)]
         return sum(w * u for w, u in zip(target.weights, comps))
 
-    res = continuity_residual(lambda y, s: marginal_log_prob(target, path, y, s), bad_velocity, x, t)
+    res = residual_of_continuity(lambda y, s: marginal_log_prob(target, path, y, s), bad_velocity, x, t)
     assert res > REJECT_MIN
 
 
@@ -323,7 +310,7 @@ def test_times_near_zero_are_finite_and_satisfy_theorem_1(name):
     _all_finite(target, path, x, t)
     _, _, _, _, score = _all_finite(target, path, x, t)
     assert rel_err(score, autograd_score(target, path, x, t)) <= AUTOGRAD_RTOL
-    res = continuity_residual(lambda y, s: marginal_log_prob(target, path, y, s),
+    res = residual_of_continuity(lambda y, s: marginal_log_prob(target, path, y, s),
                               lambda y, s: marginal_velocity(target, path, y, s), x, np.full(3, t))
     assert res <= CONTINUITY_RTOL
 
@@ -340,7 +327,7 @@ def test_times_near_one_are_finite_and_satisfy_theorem_1(target):
     assert rel_err(score, autograd_score(target, path, x, t)) <= AUTOGRAD_RTOL
     via = path.convert(score, x, t, "score", "velocity")
     assert rel_err(u, via, scale=score_to_velocity_terms(path, x, t, score)) <= TERMS_RTOL
-    res = continuity_residual(lambda y, s: marginal_log_prob(target, path, y, s),
+    res = residual_of_continuity(lambda y, s: marginal_log_prob(target, path, y, s),
                               lambda y, s: marginal_velocity(target, path, y, s), x, np.full(3, t))
     assert res <= CONTINUITY_RTOL
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 
 from fm_ref.paths import KINDS, PATHS, VP, CondOT, Cosine, LinearVP, Polynomial
+from fm_ref.verify.foundation import residual_of_continuity
 from strategies import dims, fewer, interior_times, paths, points, seeds
 
 # Closed forms written two ways (code vs the issue's formulas here): rounding only, a few ulps
@@ -169,21 +170,6 @@ def test_conditional_log_prob_matches_scipy(path, t, d, seed):
     assert np.all(np.abs(got - want) <= LOGPDF_RTOL * np.maximum(1.0, np.abs(want)))
 
 
-def continuity_residual(log_density, velocity, x, t):
-    """max over points of |∂_t p + ∇·(p u)| / (|∂_t p| + Σ_j |∂_j (p u_j)|), by autograd.
-
-    ``log_density(x, t)`` has shape (n,), ``velocity(x, t)`` shape (n, d); t has shape (n,)
-    and each row depends on its own (x_i, t_i) only, so elementwise gradients are exact.
-    """
-    dp_dt = elementwise_grad(lambda s: anp.exp(log_density(x, s)))(t)
-    div_terms = [
-        elementwise_grad(lambda y, j=j: anp.exp(log_density(y, t)) * velocity(y, t)[:, j])(x)[:, j]
-        for j in range(x.shape[1])
-    ]
-    residual = dp_dt + sum(div_terms)
-    scale = np.abs(dp_dt) + sum(np.abs(term) for term in div_terms)
-    assert np.all(scale > 0.0)
-    return float(np.max(np.abs(residual) / scale))
 
 
 def _conditional_case(path, d, seed, n=4):
@@ -199,7 +185,7 @@ def _conditional_case(path, d, seed, n=4):
 @given(paths(), dims, seeds)
 def test_conditional_density_satisfies_the_continuity_equation(path, d, seed):
     x, x_1, t = _conditional_case(path, d, seed)
-    res = continuity_residual(lambda y, s: path.conditional_log_prob(y, x_1, s),
+    res = residual_of_continuity(lambda y, s: path.conditional_log_prob(y, x_1, s),
                               lambda y, s: path.conditional_velocity(y, x_1, s), x, t)
     assert res <= CONTINUITY_RTOL
 
@@ -218,7 +204,7 @@ def test_continuity_check_rejects_a_wrong_conditional_velocity(name, wrong):
         alpha_term = col(path.d_alpha_t(s)) * x_1
         return alpha_term if wrong == "sigma_term_dropped" else u - alpha_term
 
-    res = continuity_residual(lambda y, s: path.conditional_log_prob(y, x_1, s), bad_velocity, x, t)
+    res = residual_of_continuity(lambda y, s: path.conditional_log_prob(y, x_1, s), bad_velocity, x, t)
     assert res > REJECT_MIN
 
 

@@ -19,6 +19,7 @@ from . import register
 
 __all__ = [
     "rel_err",
+    "residual_of_continuity",
     "continuity_residual",
     "gradient_gap_quadrature",
     "loss_gap_constant",
@@ -67,26 +68,41 @@ def example_target(dim=2, seed=0, k=3):
 # ------------------------------------------------------------------ Theorem 1
 
 
-def continuity_residual(target, path, x, t, velocity=None):
+def residual_of_continuity(log_density, velocity, x, t):
     """max over points of |∂_t p + ∇·(p u)| / (|∂_t p| + |∇·(p u)|), all by autograd.
 
     Parameters
     ----------
-    target : GaussianMixture;  path : AffinePath
-    x : array, shape (n, d);  t : array, shape (n,) (one time per point)
+    log_density : callable(x, t) -> shape (n,), log p_t(x), in autograd.numpy
+    velocity : callable(x, t) -> shape (n, d)
+    x : array, shape (n, d)
+    t : array, shape (n,): one time per point; row i depends on (x_i, t_i) only, so
+        elementwise gradients give the per-point partial derivatives exactly.
+
+    Raises ``ValueError`` where both terms vanish (p_t underflows): draw x from p_t.
+
+    Derivation: derivations/02-continuity.md (CE.5)
+    """
+    d_t = elementwise_grad(lambda s: np.exp(log_density(x, s)))(t)
+    div_terms = [elementwise_grad(lambda y, j=j: np.exp(log_density(y, t)) * velocity(y, t)[:, j])(x)[:, j]
+                 for j in range(x.shape[1])]
+    residual = d_t + sum(div_terms)
+    scale = onp.abs(d_t) + sum(onp.abs(term) for term in div_terms)
+    if not onp.all(scale > 0.0):
+        raise ValueError("x: p_t underflows at some points, so the relative residual is 0/0; draw x from p_t")
+    return float(onp.max(onp.abs(residual) / scale))
+
+
+def continuity_residual(target, path, x, t, velocity=None):
+    """``residual_of_continuity`` of the closed-form marginal p_t of a mixture target.
+
     velocity : callable(x, t) -> (n, d), optional; the closed-form marginal velocity
         by default (a wrong one must give a large residual).
 
     Derivation: derivations/02-continuity.md (CE.5)
     """
     u = velocity or (lambda x_, t_: marginal_velocity(target, path, x_, t_))
-    density = lambda x_, t_: np.exp(marginal_log_prob(target, path, x_, t_))  # noqa: E731
-    d_t = elementwise_grad(density, 1)(x, t)
-    div = 0.0
-    for i in range(x.shape[1]):
-        flux_i = lambda x_, i=i: density(x_, t) * u(x_, t)[:, i]  # noqa: E731
-        div = div + elementwise_grad(flux_i)(x)[:, i]
-    return float(onp.max(onp.abs(d_t + div) / (onp.abs(d_t) + onp.abs(div))))
+    return residual_of_continuity(lambda x_, t_: marginal_log_prob(target, path, x_, t_), u, x, t)
 
 
 # ------------------------------------------------------------------ Theorem 2
