@@ -39,8 +39,13 @@ __all__ = [
 ]
 
 
-class Flow:
+class Flow(Layer):
     """A composition x = f_K ∘ ... ∘ f_1(z) of layers over a base distribution.
+
+    A Flow is itself a Layer: ``forward_and_log_det`` and ``inverse_and_log_det`` (with
+    their validation) come from the base class, over ``_forward``/``_inverse`` below,
+    which sum the layers' log-determinants (the composition rule, NF.3). A Flow may
+    therefore also stand as one layer of another Flow.
 
     Parameters
     ----------
@@ -135,44 +140,6 @@ class Flow:
             x, ld = layer._inverse(p, x)
             log_det = log_det + ld
         return x, log_det
-
-    def forward_and_log_det(self, params, z):
-        """x = G(z) and log|det ∂x/∂z| = Σ_k (layer k's forward log-det).
-
-        Parameters
-        ----------
-        params : list of per-layer params
-        z : array, shape (n, d)
-
-        Returns
-        -------
-        x : shape (n, d); log_det : shape (n,)
-
-        Derivation: derivations/07-normalizing-flows.md (NF.3)
-        """
-        self.check_params(params)
-        x, log_det = self._forward(params, as_points(z, "z", dim=self.dim))
-        _check_output(self, "forward_and_log_det", x, log_det)
-        return x, log_det
-
-    def inverse_and_log_det(self, params, x):
-        """z = G⁻¹(x) and log|det ∂z/∂x| = Σ_k (layer k's inverse log-det), layers K..1.
-
-        Parameters
-        ----------
-        params : list of per-layer params
-        x : array, shape (n, d)
-
-        Returns
-        -------
-        z : shape (n, d); log_det : shape (n,)
-
-        Derivation: derivations/07-normalizing-flows.md (NF.3)
-        """
-        self.check_params(params)
-        z, log_det = self._inverse(params, as_points(x, "x", dim=self.dim))
-        _check_output(self, "inverse_and_log_det", z, log_det)
-        return z, log_det
 
     # ---- density and sampling ------------------------------------------------------
     def log_prob(self, params, x):

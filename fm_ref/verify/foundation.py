@@ -195,27 +195,30 @@ def check_conditional_velocity():
     return max(errs), AUTOGRAD_RTOL, "autograd vs closed form (DESIGN.md tier)"
 
 
-@register("marginal-velocity-vs-score", "u_t closed form vs convert(autograd ∇log p_t) (MIX.6, CONV.5)", "foundation")
-def check_marginal_velocity():
-    target, errs = example_target(), []
+def _autograd_scores(seed):
+    """(path, t, x, ∇log p_t(x) by autograd) for every path at three times, x ~ p_t."""
+    target = example_target()
     for path in all_paths():
         for t in (0.2, 0.5, 0.9):
-            x = _points(target, path, t, 20, 2)
-            score = elementwise_grad(lambda x_: marginal_log_prob(target, path, x_, t))(x)
-            errs.append(rel_err(marginal_velocity(target, path, x, t), path.convert(score, x, t, "score", "velocity")))
-            errs.append(rel_err(marginal_score(target, path, x, t), score))
+            x = _points(target, path, t, 20, seed)
+            yield target, path, t, x, elementwise_grad(lambda x_: marginal_log_prob(target, path, x_, t))(x)
+
+
+@register("marginal-velocity-vs-score", "u_t closed form vs convert(autograd ∇log p_t) (MIX.6, CONV.5)", "foundation")
+def check_marginal_velocity():
+    errs = []
+    for target, path, t, x, score in _autograd_scores(2):
+        errs.append(rel_err(marginal_velocity(target, path, x, t), path.convert(score, x, t, "score", "velocity")))
+        errs.append(rel_err(marginal_score(target, path, x, t), score))
     return max(errs), AUTOGRAD_RTOL, "autograd vs closed form (DESIGN.md tier)"
 
 
 @register("tweedie", "E[x₁|x_t] closed form vs (x + σ²∇log p_t)/α with autograd score (MIX.7)", "foundation")
 def check_tweedie():
-    target, errs = example_target(), []
-    for path in all_paths():
-        for t in (0.2, 0.5, 0.9):
-            x = _points(target, path, t, 20, 3)
-            score = elementwise_grad(lambda x_: marginal_log_prob(target, path, x_, t))(x)
-            tweedie = (x + path.sigma_t(t) ** 2 * score) / path.alpha_t(t)
-            errs.append(rel_err(posterior_mean(target, path, x, t), tweedie))
+    errs = []
+    for target, path, t, x, score in _autograd_scores(3):
+        tweedie = (x + path.sigma_t(t) ** 2 * score) / path.alpha_t(t)
+        errs.append(rel_err(posterior_mean(target, path, x, t), tweedie))
     return max(errs), AUTOGRAD_RTOL, "autograd vs closed form (DESIGN.md tier)"
 
 
