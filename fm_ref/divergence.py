@@ -256,99 +256,136 @@ def _time_features(mlp, t):
     return onp.concatenate([[t], onp.sin(k * t), onp.cos(k * t)])
 
 
-#: |a| beyond which tanh(a) rounds to ±1 in float64 (1 − tanh 20 ≈ 8.5e-18 < ulp(1)/2).
-_TANH_SATURATION = 20.0
+def _tanh_and_derivative(b, dphi):
+    """b ← tanh(a) and dphi ← 1 − tanh²(a) in place, given b = −2a on entry.
 
-
-def _tanh_inplace(a):
-    """a ← tanh(a) = 2/(1 + e^{−2a}) − 1, in place, with a clipped to ±20 (no overflow).
-
-    One exp instead of libm's tanh (about twice as fast on NumPy's float64 loops); the
-    absolute error is ≤ 2 ulp(1) ≈ 4.4e-16 (tests/test_divergence.py), the relative
-    error near a = 0 is larger, which an MLP hidden unit (used as h W) never sees.
+    tanh(a) = 2/(1 + e^{−2a}) − 1: one exp instead of libm's tanh (about twice as fast
+    on NumPy's float64 loops), absolute error ≤ 2 ulp(1) ≈ 4.4e-16 (tests/test_divergence.py);
+    the relative error near a = 0 is larger, which a hidden unit (used as h W) never
+    sees. The caller passes −2a, not a: ``MLPTrace`` folds the factor −2 into its copy of
+    the weights (exact: a power of two). For a < −354, e^{−2a} overflows to inf and
+    2/(1 + inf) − 1 = −1 exactly; that overflow is the intended limit, so it is not
+    reported (and nothing else in these four operations can overflow).
     """
-    onp.clip(a, -_TANH_SATURATION, _TANH_SATURATION, out=a)
-    a *= -2.0
-    onp.exp(a, out=a)
-    a += 1.0
-    onp.divide(2.0, a, out=a)
-    a -= 1.0
-    return a
+    with onp.errstate(over="ignore"):
+        onp.exp(b, out=b)
+    b += 1.0
+    onp.divide(2.0, b, out=b)
+    b -= 1.0
+    onp.multiply(b, b, out=dphi)
+    onp.subtract(1.0, dphi, out=dphi)
+    return b, dphi
 
 
 class MLPTrace:
     """(x, t) -> (v_θ(x, t), ∇·v_θ(x, t)) of an ``MLP`` in closed form, with reused work arrays.
 
-    The forward-mode tangents T_ℓ = ∂h_ℓ/∂x are stored as (d, n, h_ℓ) arrays so that each
-    layer is a single (d n, h) @ (h, h') product; the trace is Σ_i T_{L−1}[i] W_L[:, i],
-    the Jacobian never formed. All arrays are allocated once per batch size and reused,
-    which halves the cost of an ODE right-hand side (no fresh pages for every
-    temporary). tanh uses ``_tanh_inplace``.
+    The trace by the cyclic identity tr(AB) = tr(BA) (derivations/06-cnf.md (CNF.16)),
+    whose cost does not grow with d:
+
+    - one hidden layer: ∇·v = φ'(a₁) · c with c_k = Σ_i W₁[i, k] W₂[k, i] (i ≤ d), fixed per θ;
+    - two hidden layers: ∇·v = Σ_kl φ'(a₁)_k M_kl φ'(a₂)_l with M = W₂ ⊙ (W₁[:d]ᵀ W₃ᵀ),
+      one (n, h₁) @ (h₁, h₂) product per evaluation;
+    - three or more: the forward-mode tangents T_ℓ = ∂h_ℓ/∂x of CNF.8, stored as
+      (d, n, h_ℓ) arrays so that each layer is one (d n, h) @ (h, h') product, and
+      ∇·v = Σ_i T_{L−1}[i] W_L[:, i].
+
+    All arrays are allocated once per batch size and reused (no fresh pages for every
+    temporary in an ODE right-hand side). tanh uses ``_tanh_and_derivative`` on −2a_ℓ,
+    computed with a copy of the hidden layers' weights scaled by −2.
 
     The returned arrays are views of the work arrays, overwritten by the next call:
     copy them to keep them. One instance per thread. No validation (ODE inner loops);
-    the validated entry point is ``mlp_value_and_divergence``.
+    the validated entry point is ``mlp_value_and_divergence``. θ is read once, here:
+    build a new instance for new parameters.
 
     Parameters
     ----------
     mlp : fm_ref.nn.MLP with out_dim = in_dim = dim
     params : list of (W, b), plain float64 arrays
 
-    Derivation: derivations/06-cnf.md (CNF.8)
+    Derivation: derivations/06-cnf.md (CNF.8), (CNF.16)
     """
 
     def __init__(self, mlp, params):
         self.mlp, self.params = mlp, params
         self.tanh = mlp.activation == "tanh"
+        # the weights that make the pre-activations: −2 W for tanh (see _tanh_and_derivative)
+        scale = -2.0 if self.tanh else 1.0
+        self.pre = [(scale * W, scale * b) for W, b in params[:-1]]
         self.n = None
+        d = mlp.in_dim
+        W_in, W_out = params[0][0][:d], params[-1][0]
+        if len(params) == 2:  # c_k = Σ_i W₁[i, k] W₂[k, i]
+            self.coupling = onp.sum(W_in.T * W_out, axis=1)
+        elif len(params) == 3:  # M = W₂ ⊙ (W₁[:d]ᵀ W₃ᵀ)
+            self.coupling = params[1][0] * (W_in.T @ W_out.T)
+        else:
+            self.coupling = None
 
     def _allocate(self, n, d):
         widths = [W.shape[1] for W, _ in self.params[:-1]]
         self.n = n
         self.h = [onp.empty((n, w)) for w in widths]
         self.dphi = [onp.empty((n, w)) for w in widths]
-        self.tangent = [onp.empty((d, n, w)) for w in widths]
+        if len(self.params) > 3:
+            self.tangent = [onp.empty((d, n, w)) for w in widths]
+        elif len(self.params) == 3:
+            self.pair = onp.empty((n, widths[1]))  # φ'(a₁) M
         self.value, self.div, self.tmp = onp.empty((n, d)), onp.empty(n), onp.empty(n)
 
     def _activate(self, l):
-        """h[l] holds a_l on entry; on exit h[l] = φ(a_l) and dphi[l] = φ'(a_l)."""
+        """h[l] holds the pre-activation from ``self.pre`` on entry; on exit h[l] = φ(a_l)
+        and dphi[l] = φ'(a_l)."""
         h, dphi = self.h[l], self.dphi[l]
         if self.tanh:
-            _tanh_inplace(h)
-            onp.multiply(h, h, out=dphi)
-            onp.subtract(1.0, dphi, out=dphi)
+            _tanh_and_derivative(h, dphi)
         else:
             dphi[...] = self.mlp.d_act(h)
             h[...] = self.mlp.act(h)
 
+    def _hidden(self, l):
+        """h[l], dphi[l] from h[l − 1] (l ≥ 1)."""
+        W, b = self.pre[l]
+        onp.matmul(self.h[l - 1], W, out=self.h[l])
+        self.h[l] += b
+        self._activate(l)
+
     def __call__(self, x, t):
         n, d = x.shape
         params = self.params
-        W, b = params[0]
-        shift = _time_features(self.mlp, t) @ W[d:] + b
         if len(params) == 1:  # affine: v = [x, t] W + b, ∇·v = tr W[:d]
-            return x @ W[:d] + shift, onp.full(n, onp.trace(W[:d]))
+            W, b = params[0]
+            return x @ W[:d] + (_time_features(self.mlp, t) @ W[d:] + b), onp.full(n, onp.trace(W[:d]))
         if n != self.n:
             self._allocate(n, d)
+        W, b = self.pre[0]
         onp.matmul(x, W[:d], out=self.h[0])
-        self.h[0] += shift
+        self.h[0] += _time_features(self.mlp, t) @ W[d:] + b
         self._activate(0)
-        onp.multiply(W[:d][:, None, :], self.dphi[0][None], out=self.tangent[0])  # T_1 = W_1[:d] ⊙ φ'(a_1)
-        for l, (W, b) in enumerate(params[1:-1], start=1):
-            onp.matmul(self.h[l - 1], W, out=self.h[l])
-            self.h[l] += b
-            self._activate(l)
-            T = self.tangent[l]
-            onp.matmul(self.tangent[l - 1].reshape(d * n, -1), W, out=T.reshape(d * n, -1))
-            T *= self.dphi[l][None]
+        if len(params) == 2:  # CNF.16, one hidden layer
+            onp.matmul(self.dphi[0], self.coupling, out=self.div)
+        elif len(params) == 3:  # CNF.16, two hidden layers
+            self._hidden(1)
+            onp.matmul(self.dphi[0], self.coupling, out=self.pair)
+            onp.einsum("nk,nk->n", self.pair, self.dphi[1], out=self.div)
+        else:  # CNF.8, forward-mode tangents
+            W = params[0][0]
+            onp.multiply(W[:d][:, None, :], self.dphi[0][None], out=self.tangent[0])  # T_1 = W_1[:d] ⊙ φ'(a_1)
+            for l, (W, _) in enumerate(params[1:-1], start=1):
+                self._hidden(l)
+                T = self.tangent[l]
+                onp.matmul(self.tangent[l - 1].reshape(d * n, -1), W, out=T.reshape(d * n, -1))
+                T *= self.dphi[l][None]
+            W = params[-1][0]
+            T = self.tangent[-1]
+            onp.matmul(T[0], W[:, 0], out=self.div)
+            for i in range(1, d):
+                onp.matmul(T[i], W[:, i], out=self.tmp)
+                self.div += self.tmp
         W, b = params[-1]
-        T = self.tangent[-1]
         onp.matmul(self.h[-1], W, out=self.value)
         self.value += b
-        onp.matmul(T[0], W[:, 0], out=self.div)
-        for i in range(1, d):
-            onp.matmul(T[i], W[:, i], out=self.tmp)
-            self.div += self.tmp
         return self.value, self.div
 
 

@@ -77,11 +77,13 @@ def mlp_fields(draw, dim=None, hidden=None):
     """(mlp, params): a randomly initialised smooth MLP v_θ(x, t) in R^dim, from a seed.
 
     Mixes the three activations, sinusoidal time features and weight scales, so that
-    the closed-form divergence meets tanh, softplus and swish second derivatives."""
+    the closed-form divergence meets tanh, softplus and swish second derivatives; depths
+    0–3 and unequal widths, so that each branch of ``MLPTrace`` (CNF.16 for one and two
+    hidden layers, CNF.8 beyond) is drawn."""
     from fm_ref.nn import MLP
 
     d = draw(dims) if dim is None else dim
-    widths = draw(st.sampled_from([(), (8,), (16,), (8, 8), (16, 16)])) if hidden is None else hidden
+    widths = draw(st.sampled_from([(), (8,), (16,), (8, 8), (16, 16), (8, 16), (6, 8, 4)])) if hidden is None else hidden
     mlp = MLP(d, widths, activation=draw(st.sampled_from(["tanh", "softplus", "swish"])),
               time_features=draw(st.sampled_from([0, 0, 2])))
     params = mlp.init(np.random.default_rng(draw(seeds)), scale=draw(st.sampled_from([0.5, 1.0, 2.0])))

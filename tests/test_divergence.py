@@ -247,13 +247,19 @@ def test_bad_input_raises_naming_the_argument():
 
 
 def test_fast_tanh_is_within_two_ulps_of_one_of_numpy_tanh():
-    """The exp-based tanh of MLPTrace: absolute error ≤ 2 ulp(1) = 4.4e-16 everywhere."""
-    from fm_ref.divergence import _tanh_inplace
+    """The exp-based tanh of MLPTrace, given −2a: tanh within 2 ulp(1) = 4.4e-16 of NumPy's
+    everywhere, 1 − tanh² within 4 ulp(1) (h² doubles the error of h), and the overflow of
+    e^{−2a} for a < −354 gives exactly −1 and 0, with no warning (tests run with errors raised)."""
+    from fm_ref.divergence import _tanh_and_derivative
 
     a = np.concatenate([np.linspace(-50.0, 50.0, 200001), np.logspace(-300, 1, 2000),
-                        -np.logspace(-300, 1, 2000), [0.0, 19.0, 20.0, 21.0, 710.0, -710.0]])
-    assert np.max(np.abs(_tanh_inplace(a.copy()) - np.tanh(a))) <= 2 * np.finfo(float).eps
-    with pytest.raises(FloatingPointError):  # the same formula without the clip overflows
+                        -np.logspace(-300, 1, 2000), [0.0, 19.0, 20.0, 21.0, 710.0, -710.0, 1e300, -1e300]])
+    h, dphi = _tanh_and_derivative(-2.0 * a, np.empty_like(a))
+    eps = np.finfo(float).eps
+    assert np.max(np.abs(h - np.tanh(a))) <= 2 * eps
+    assert np.max(np.abs(dphi - (1.0 - np.tanh(a) ** 2))) <= 4 * eps
+    assert np.all(h[-4:] == [1.0, -1.0, 1.0, -1.0]) and np.all(dphi[-4:] == 0.0)
+    with pytest.raises(FloatingPointError):  # the overflow it silences is real
         2.0 / (1.0 + np.exp(-2.0 * np.array([-710.0]))) - 1.0
 
 
@@ -268,3 +274,32 @@ def test_mlp_trace_reuses_work_arrays_and_handles_new_batch_sizes():
         v, div = trace(x, 0.5)
         ref_v, ref_div = mlp.value_and_divergence(params, x, 0.5)
         assert rel_err(v, ref_v) <= CLOSED_RTOL and rel_err(div, ref_div) <= CLOSED_RTOL
+
+
+@given(d=st.integers(1, 6), hidden=st.sampled_from([(5,), (6, 9), (7, 5, 6)]), seed=seeds)
+def test_cyclic_trace_matches_the_forward_mode_trace_for_every_depth_and_dimension(d, hidden, seed):
+    """derivations/06-cnf.md (CNF.16) against (CNF.8): MLPTrace's d-independent trace
+    (one and two hidden layers) equals MLP.value_and_divergence's forward-mode tangents."""
+    from fm_ref.divergence import MLPTrace
+
+    mlp = MLP(d, hidden)
+    params = mlp.init(np.random.default_rng(seed))
+    x = np.random.default_rng(seed + 1).normal(size=(7, d))
+    v, div = MLPTrace(mlp, params)(x, 0.3)
+    ref_v, ref_div = mlp.value_and_divergence(params, x, 0.3)
+    assert rel_err(div, ref_div) <= CLOSED_RTOL and rel_err(v, ref_v) <= CLOSED_RTOL
+
+
+def test_the_cyclic_trace_check_rejects_an_untransposed_coupling():
+    """The same comparison fails for M = W₂ ⊙ (W₃ W₁[:d]) instead of W₂ ⊙ (W₁[:d]ᵀ W₃ᵀ)
+    (square hidden layers, so the wrong M has the right shape)."""
+    from fm_ref.divergence import MLPTrace
+
+    mlp = MLP(3, (8, 8))
+    params = mlp.init(np.random.default_rng(4))
+    x = np.random.default_rng(5).normal(size=(6, 3))
+    good, wrong = MLPTrace(mlp, params), MLPTrace(mlp, params)
+    wrong.coupling = params[1][0] * (params[0][0][:3].T @ params[2][0].T).T
+    ref = mlp.value_and_divergence(params, x, 0.5)[1]
+    assert rel_err(good(x, 0.5)[1], ref) <= CLOSED_RTOL
+    assert rel_err(wrong(x, 0.5)[1], ref) > 1e-3
