@@ -2,9 +2,12 @@
 
 The task (issue 3 §6): float64, t concatenated as the third input, random init, exact
 divergence. Measured: wall time (median over repeats) and NFE at several tolerances and
-for DOP853 vs RK45, the max error against a rtol = atol = 1e-12 solve, the cost of the
-divergence routes per evaluation, and how the cost grows with d. Not a timed test: the
-numbers depend on the machine and its load, which the result records.
+for DOP853 vs RK45, the max error against a rtol = atol = 1e-12 solve, the fastest
+configuration within max error 1e-7 with one thread and with the batch split over two
+(timed alternately), the cost of the divergence routes per evaluation, and how the cost
+grows with d. Not a timed test: the numbers depend on the machine and its load, which
+the result records; on a virtual machine whose speed drifts, compare rows measured
+alternately, not rows measured minutes apart.
 
 Run ``python -m fm_ref.bench_cnf`` (``--quick`` for a short run, ``--json`` for the dict).
 Each ``bench_*`` function returns a plain dict so that a CLI can print or store it.
@@ -105,8 +108,9 @@ def _time(fn, repeats, cpu=None):
     return out, times
 
 
-#: Tolerances of the main table: 3e-8 is where both methods first reach max error < 1e-7.
-TOLS = (1e-5, 1e-6, 1e-7, 3e-8, 1e-8)
+#: Tolerances of the main table. RK45 first reaches max error < 1e-7 at 7e-8 (38 NFE),
+#: DOP853 at 3e-8 (50 NFE), on the seed-0 problem.
+TOLS = (1e-5, 1e-6, 1e-7, 7e-8, 3e-8, 1e-8)
 
 
 def bench_log_likelihood(n=1000, dim=2, hidden=(64, 64), tols=TOLS,
@@ -144,16 +148,17 @@ def bench_log_likelihood(n=1000, dim=2, hidden=(64, 64), tols=TOLS,
 def bench_divergence_routes(n=1000, dim=2, hidden=(64, 64), repeats=20, seed=0):
     """Milliseconds per batched (v, ∇·v) evaluation for each divergence route.
 
-    Routes: the fast closed form used by ``CNF.from_mlp`` (CNF.8, plain NumPy, reused work
-    arrays); ``MLP.value_and_divergence`` (the same closed form in autograd.numpy); the
-    generic reverse-mode trace (CNF.7, d VJPs); the forward pass alone.
+    Routes: the fast closed form used by ``CNF.from_mlp`` (the cyclic trace CNF.16, plain
+    NumPy, reused work arrays); ``MLP.value_and_divergence`` (forward-mode tangents CNF.8,
+    autograd.numpy, validated); the generic reverse-mode trace (CNF.7, d VJPs); the
+    forward pass alone.
     """
     mlp, params, x = _problem(n, dim, hidden, seed)
     trace = MLPTrace(mlp, params)
     routes = {
         "forward pass only (v)": lambda: mlp.apply(params, x, 0.5),
-        "closed form, plain NumPy (CNF.from_mlp: MLPTrace)": lambda: trace(x, 0.5),
-        "MLP.value_and_divergence (autograd.numpy, validated)": lambda: mlp.value_and_divergence(params, x, 0.5),
+        "cyclic trace, plain NumPy (CNF.16; CNF.from_mlp: MLPTrace)": lambda: trace(x, 0.5),
+        "forward-mode tangents (CNF.8; MLP.value_and_divergence)": lambda: mlp.value_and_divergence(params, x, 0.5),
         "reverse mode, d VJPs (CNF.7)": lambda: _value_and_divergence(lambda z, t: mlp.apply(params, z, t), x, 0.5),
     }
     out = {}
@@ -188,14 +193,24 @@ def bench_dimensions(dims=(2, 8, 32), n=1000, hidden=(64, 64), tol=1e-8, repeats
     return {"n": n, "hidden": list(hidden), "tol": tol, "rows": rows}
 
 
-def bench_threads(n=1000, dim=2, hidden=(64, 64), tol=3e-8, repeats=7, seed=0, workers=2):
-    """The headline task at one tolerance: one thread vs ``CNF.from_mlp(..., workers=2)``
-    (batch slices in parallel threads; meant for a single-threaded BLAS)."""
+def bench_threads(n=1000, dim=2, hidden=(64, 64), method="RK45", tol=7e-8, repeats=15, seed=0, workers=2):
+    """One configuration, one thread vs ``CNF.from_mlp(..., workers=2)`` (batch slices in
+    parallel threads; meant for a single-threaded BLAS). The two are timed alternately,
+    repeat by repeat, so that a change in the machine's speed affects both alike."""
     mlp, params, x = _problem(n, dim, hidden, seed)
-    single = bench_log_likelihood(n, dim, hidden, (tol,), ("DOP853",), repeats, seed)
-    threaded = bench_log_likelihood(n, dim, hidden, (tol,), ("DOP853",), repeats, seed,
-                                    flow_factory=lambda **kw: CNF.from_mlp(mlp, params, workers=workers, **kw))
-    return {"tol": tol, "workers": workers, "single": single["rows"][0], "threaded": threaded["rows"][0]}
+    ref = CNF.from_mlp(mlp, params, method="DOP853", rtol=1e-12, atol=1e-12).log_prob(x).log_prob
+    flows = {1: CNF.from_mlp(mlp, params, method=method, rtol=tol, atol=tol),
+             workers: CNF.from_mlp(mlp, params, method=method, rtol=tol, atol=tol, workers=workers)}
+    times = {k: [] for k in flows}
+    results = {}
+    for _ in range(repeats):
+        for k, flow in flows.items():
+            results[k], t = _time(lambda: flow.log_prob(x), 1)
+            times[k] += t
+    rows = {k: {"workers": k, "nfev": results[k].nfev, "median_ms": 1e3 * float(onp.median(times[k])),
+                "min_ms": 1e3 * min(times[k]), "max_err": float(onp.max(onp.abs(results[k].log_prob - ref)))}
+            for k in flows}
+    return {"method": method, "tol": tol, "repeats": repeats, "single": rows[1], "threaded": rows[workers]}
 
 
 def run_all(quick=False, threads=1, n=1000, hidden=(64, 64), dims=(2, 8, 32)):
@@ -213,14 +228,16 @@ def run_all(quick=False, threads=1, n=1000, hidden=(64, 64), dims=(2, 8, 32)):
             "machine": machine_info(),
             "peer_reference": PEER_REFERENCE,
             "log_likelihood": bench_log_likelihood(n=n, hidden=hidden, repeats=reps,
-                                                   tols=(1e-5, 3e-8) if quick else TOLS),
+                                                   tols=(1e-5, 7e-8) if quick else TOLS),
             "divergence_routes": bench_divergence_routes(n=n, hidden=hidden, repeats=5 if quick else 20),
             "dimensions": bench_dimensions(dims=dims, n=n, hidden=hidden, repeats=1 if quick else 3),
-            "threads": bench_threads(n=n, hidden=hidden, repeats=reps),
         }
+        best = out["log_likelihood"]["fastest_within_target"] or {"method": "RK45", "tol": 7e-8}
+        out["threads"] = bench_threads(n=n, hidden=hidden, method=best["method"], tol=best["tol"],
+                                       repeats=2 * reps + 1)
         blas_threads(2)
-        out["blas_2_threads"] = bench_log_likelihood(n=n, hidden=hidden, repeats=reps, tols=(3e-8,),
-                                                     methods=("DOP853",))["rows"][0]
+        out["blas_2_threads"] = bench_log_likelihood(n=n, hidden=hidden, repeats=reps, tols=(best["tol"],),
+                                                     methods=(best["method"],))["rows"][0]
         out["machine_after"] = machine_info()
         return out
     finally:
@@ -260,10 +277,12 @@ def format_report(res):
                      f"CPU {r['cpu_ms']:.1f} ms; Hutchinson 1 probe {r['hutchinson_median_ms']:.1f} ms "
                      f"({r['hutchinson_nfev']} NFE)")
     b2 = res["blas_2_threads"]
-    lines.append(f"\nOpenBLAS 2 threads, DOP853 tol {b2['tol']:g}: {b2['median_ms']:.1f} ms ({b2['nfev']} NFE)")
+    lines.append(f"\nOpenBLAS 2 threads, {b2['method']} tol {b2['tol']:g}: {b2['median_ms']:.1f} ms ({b2['nfev']} NFE)")
     th = res["threads"]
-    lines.append(f"\nDOP853 tol {th['tol']:g}, BLAS 1 thread: workers=1 {th['single']['median_ms']:.1f} ms; "
-                 f"workers={th['workers']} (batch slices in threads) {th['threaded']['median_ms']:.1f} ms")
+    lines.append(f"\n{th['method']} tol {th['tol']:g}, BLAS 1 thread, timed alternately, median of {th['repeats']}:")
+    for r in (th["single"], th["threaded"]):
+        lines.append(f"  workers={r['workers']}: {r['median_ms']:.1f} ms (min {r['min_ms']:.1f}), {r['nfev']} NFE, "
+                     f"max err {r['max_err']:.1e}, {r['median_ms'] / p['ms']:.2f}x the peer reference")
     return "\n".join(lines)
 
 

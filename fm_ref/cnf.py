@@ -18,11 +18,11 @@ A solver failure (``status != 0``) raises ``RuntimeError`` with the solver's mes
 non-finite states raise ``FloatingPointError``; nothing returns NaN.
 """
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as onp
 from scipy.integrate import solve_ivp
 
+from ._threads import SplitBatch
 from ._validate import as_finite_float, as_float_array, as_generator, as_points, as_positive_int, as_time
 from .distributions import StandardNormal
 from .divergence import PROBES, MLPTrace, _divergence_hutchinson, _probes, _value_and_divergence
@@ -64,25 +64,6 @@ def _check_time(t, name):
     if onp.ndim(t) != 0:
         raise ValueError(f"{name}: expected a float in [0, 1], got shape {onp.shape(t)}")
     return t
-
-
-def _in_threads(make_vdiv, workers):
-    """(x, t) -> (v, div) on ``workers`` slices of the batch in a thread pool; slice k
-    always goes to its own ``make_vdiv()`` instance (work arrays are per instance)."""
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="fm_ref-cnf")
-    parts = [make_vdiv() for _ in range(workers)]
-
-    def run(x, t):
-        n = x.shape[0]
-        if n < 2 * workers:
-            v, div = parts[0](x, t)
-            return v.copy(), div.copy()
-        cuts = [(n * k) // workers for k in range(workers + 1)]
-        outs = list(pool.map(lambda k: parts[k](x[cuts[k]:cuts[k + 1]], t), range(workers)))
-        return onp.concatenate([o[0] for o in outs]), onp.concatenate([o[1] for o in outs])
-
-    run.pool = pool
-    return run
 
 
 class CNF:
@@ -143,9 +124,10 @@ class CNF:
         The flow keeps ``flow.mlp`` and ``flow.params``.
 
         ``workers > 1`` evaluates the right-hand side on that many slices of the batch in
-        parallel threads (NumPy releases the GIL inside ufuncs and BLAS); the result is the
-        same to rounding. Use it with a single-threaded BLAS (``OPENBLAS_NUM_THREADS=1``):
-        both kinds of threads at once oversubscribe the cores.
+        parallel threads (``fm_ref._threads.SplitBatch``; NumPy releases the GIL inside
+        ufuncs and BLAS); the result is the same to rounding, and bit-identical from run
+        to run for a fixed ``workers``. Use it with a single-threaded BLAS
+        (``OPENBLAS_NUM_THREADS=1``): both kinds of threads at once oversubscribe the cores.
         """
         from .nn import MLP
 
@@ -158,7 +140,7 @@ class CNF:
         workers = as_positive_int(workers, "workers")
         if "divergence_fn" not in kw:  # an explicit divergence_fn replaces the closed form
             make = lambda: MLPTrace(mlp, params)  # noqa: E731
-            kw.setdefault("value_and_divergence", make() if workers == 1 else _in_threads(make, workers))
+            kw.setdefault("value_and_divergence", make() if workers == 1 else SplitBatch(make, workers))
         flow = cls(lambda x, t: mlp.apply(params, x, t), mlp.dim, **kw)
         flow.mlp, flow.params = mlp, params
         return flow

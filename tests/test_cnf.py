@@ -425,3 +425,40 @@ def test_the_benchmark_runs_and_reports_small_errors():
     assert {r["method"] for r in rows} == {"DOP853", "RK45"} and all(r["nfev"] > 0 for r in rows)
     assert all(r["max_err"] <= 1e3 * r["tol"] for r in rows)  # errors track the tolerance
     assert [r["dim"] for r in res["dimensions"]["rows"]] == [2, 3]
+
+
+def test_split_batch_is_reproducible_raises_worker_errors_and_stops_its_threads():
+    """fm_ref._threads.SplitBatch: the same call twice gives bit-identical output; an error
+    in a worker's slice (here a NaN-producing slice under errors-raise) reaches the caller;
+    dropping the object ends its worker threads."""
+    import gc
+    import threading
+
+    from fm_ref._threads import SplitBatch
+
+    def field(x, t):
+        if np.any(x[:, 0] > 50.0):  # only in the last slice below: a worker's slice
+            return np.log(-x), x[:, 0]
+        return 2.0 * x, x[:, 0] * t
+
+    split = SplitBatch(lambda: field, 3)
+    x = np.random.default_rng(27).normal(size=(30, 2))
+    v1, d1 = (a.copy() for a in split(x, 0.5))
+    v2, d2 = split(x, 0.5)
+    assert np.array_equal(v1, v2) and np.array_equal(d1, d2) and np.array_equal(v1, 2.0 * x)
+    bad = x.copy()
+    bad[-1, 0] = 100.0
+    with pytest.raises(FloatingPointError):  # the worker ran under the caller's errstate
+        split(bad, 0.5)
+    assert np.array_equal(split(x, 0.5)[1], 0.5 * x[:, 0])  # usable after the error
+    with pytest.raises(ValueError, match="workers"):
+        SplitBatch(lambda: field, 1)
+    names = lambda: {th.name for th in threading.enumerate() if th.name.startswith("fm_ref-split")}  # noqa: E731
+    assert names()
+    del split
+    gc.collect()
+    for _ in range(100):
+        if not names():
+            break
+        threading.Event().wait(0.01)
+    assert not names()
