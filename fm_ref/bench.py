@@ -110,18 +110,27 @@ def bench_flow_log_prob(repeats, n=1000):
 
 
 def bench_cnf_log_prob(repeats, n=1000, tols=(1e-5, 1e-8)):
-    """Exact CNF log-likelihood of n 2-D points (MLP 2->64->64->2, DOP853) at two
-    tolerances: time, NFE and the error against a rtol = atol = 1e-12 solve
-    (``fm_ref.bench_cnf.bench_log_likelihood``)."""
-    from .bench_cnf import bench_log_likelihood
+    """Exact CNF log-likelihood of n 2-D points (MLP 2->64->64->2): DOP853 at ``tols``, and
+    RK45 at 7e-8 (the fastest configuration within max error 1e-7) with one thread and
+    with the batch split over two (timed alternately): time, NFE and the error against a
+    rtol = atol = 1e-12 solve (``fm_ref.bench_cnf``)."""
+    from .bench_cnf import bench_log_likelihood, bench_threads
 
     res = bench_log_likelihood(n=n, dim=2, hidden=(64, 64), tols=tols, methods=("DOP853",), repeats=repeats)
     ref = res["reference"]
-    return [_record(f"CNF log p, rtol=atol={r['tol']:g}", f"n={n}, d=2, MLP 2->64->64->2, {r['method']}",
-                    r["median_ms"] / 1e3, [r["median_ms"] / 1e3], n / (r["median_ms"] / 1e3), "points/s",
-                    f"NFE {r['nfev']}, max err {r['max_err']:.1e} (vs a {ref['tol']:g} solve, "
-                    f"{ref['nfev']} NFE)") | {"repeats": repeats, "nfev": r["nfev"], "max_err": r["max_err"]}
-            for r in res["rows"]]
+    size = f"n={n}, d=2, MLP 2->64->64->2"
+    out = [_record(f"CNF log p, rtol=atol={r['tol']:g}", f"{size}, {r['method']}",
+                   r["median_ms"] / 1e3, [r["median_ms"] / 1e3], n / (r["median_ms"] / 1e3), "points/s",
+                   f"NFE {r['nfev']}, max err {r['max_err']:.1e} (vs a {ref['tol']:g} solve, "
+                   f"{ref['nfev']} NFE)") | {"repeats": repeats, "nfev": r["nfev"], "max_err": r["max_err"]}
+           for r in res["rows"]]
+    th = bench_threads(n=n, method="RK45", tol=7e-8, repeats=2 * repeats + 1)
+    for r in (th["single"], th["threaded"]):
+        out.append(_record(f"CNF log p, rtol=atol={th['tol']:g}, workers={r['workers']}", f"{size}, {th['method']}",
+                           r["median_ms"] / 1e3, [r["median_ms"] / 1e3], n / (r["median_ms"] / 1e3), "points/s",
+                           f"NFE {r['nfev']}, max err {r['max_err']:.1e}; one and two threads timed alternately")
+                   | {"repeats": th["repeats"], "nfev": r["nfev"], "max_err": r["max_err"]})
+    return out
 
 
 def run_bench(repeats=3, quick=False, log=None):

@@ -116,10 +116,12 @@ class CNF:
 
     @classmethod
     def from_mlp(cls, mlp, params, workers=1, **kw):
-        """A CNF over v_θ = ``mlp(params, ·, ·)`` with its closed-form divergence (CNF.8).
+        """A CNF over v_θ = ``mlp(params, ·, ·)`` with its closed-form divergence.
 
-        The right-hand side skips validation and uses
-        ``fm_ref.divergence.mlp_value_and_divergence``: one forward pass and d tangents.
+        The right-hand side skips validation and uses ``fm_ref.divergence.MLPTrace``: one
+        forward pass, and the trace by cyclicity (CNF.16, one matrix product whatever d)
+        for one or two hidden layers, forward-mode tangents (CNF.8) for more. θ is copied
+        here: a later change to ``params`` does not reach the flow.
         Keyword arguments go to ``CNF``; passing ``divergence_fn`` replaces the closed form.
         The flow keeps ``flow.mlp`` and ``flow.params``.
 
@@ -136,7 +138,7 @@ class CNF:
         if mlp.out_dim != mlp.in_dim:
             raise ValueError(f"mlp: a CNF needs out_dim == in_dim, got {mlp.out_dim} and {mlp.in_dim}")
         mlp.check_params(params)
-        params = [(onp.asarray(W, dtype=onp.float64), onp.asarray(b, dtype=onp.float64)) for W, b in params]
+        params = [(onp.array(W, dtype=onp.float64), onp.array(b, dtype=onp.float64)) for W, b in params]  # copies
         workers = as_positive_int(workers, "workers")
         if "divergence_fn" not in kw:  # an explicit divergence_fn replaces the closed form
             make = lambda: MLPTrace(mlp, params)  # noqa: E731

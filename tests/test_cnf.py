@@ -462,3 +462,16 @@ def test_split_batch_is_reproducible_raises_worker_errors_and_stops_its_threads(
             break
         threading.Event().wait(0.01)
     assert not names()
+
+
+def test_from_mlp_copies_the_parameters():
+    """MLPTrace forms c or M from θ once (CNF.16): the flow must not see later in-place
+    changes of the caller's arrays, or its trace and its velocity would disagree."""
+    mlp = MLP(2, (8, 8))
+    params = mlp.init(np.random.default_rng(28))
+    x = np.random.default_rng(29).normal(size=(5, 2))
+    flow = CNF.from_mlp(mlp, params)
+    before = flow.log_prob(x).log_prob
+    for W, b in params:
+        W *= 3.0
+    assert np.array_equal(flow.log_prob(x).log_prob, before)
