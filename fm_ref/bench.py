@@ -111,7 +111,7 @@ def bench_flow_log_prob(repeats, n=1000):
 
 def bench_cnf_log_prob(repeats, n=1000, tols=(1e-5, 1e-8)):
     """Exact CNF log-likelihood of n 2-D points (MLP 2->64->64->2): DOP853 at ``tols``, and
-    RK45 at 7e-8 (the fastest configuration within max error 1e-7) with one thread and
+    RK45 at 7e-8 (the fewest NFE within max error 1e-7) with one thread and
     with the batch split over two (timed alternately): time, NFE and the error against a
     rtol = atol = 1e-12 solve (``fm_ref.bench_cnf``)."""
     from .bench_cnf import bench_log_likelihood, bench_threads
