@@ -6,8 +6,9 @@ Three routes to the same trace, used against one another in the tests:
   the batch-summed field, then d vector–Jacobian products with the basis vectors e_i;
   row i of the per-sample Jacobian is the gradient of Σ_n f_i(x_n, t), because sample
   n's output depends on sample n's input only (the field acts pointwise).
-- ``mlp_value_and_divergence``: the closed-form forward-mode trace of an ``MLP``
-  (derivations/06-cnf.md (CNF.8)), in plain NumPy for ODE inner loops.
+- ``mlp_value_and_divergence`` / ``MLPTrace``: the closed-form trace of an ``MLP``, in
+  plain NumPy for ODE inner loops: by cyclicity of the trace for one or two hidden
+  layers (derivations/06-cnf.md (CNF.16)), by forward-mode tangents beyond (CNF.8).
 - ``divergence_hutchinson``: the unbiased estimator εᵀ(∂f/∂x)ε with Rademacher or
   Gaussian probes ε, one VJP per probe.
 
@@ -221,9 +222,10 @@ def hutchinson_variance(A, probe="rademacher"):
 def mlp_value_and_divergence(mlp, params, x, t):
     """(v_θ(x, t), ∇·v_θ(x, t)) of an ``MLP``, shapes (n, d) and (n,), closed form.
 
-    Validates, then evaluates ``MLPTrace`` (forward-mode tangents, the trace without the
-    Jacobian). Plain NumPy (not for autograd); the autograd-differentiable version is
-    ``MLP.value_and_divergence``.
+    Validates, then evaluates ``MLPTrace`` (the trace without the Jacobian: by cyclicity
+    for one or two hidden layers, forward-mode tangents beyond). Plain NumPy (not for
+    autograd); the autograd-differentiable version is ``MLP.value_and_divergence``
+    (forward-mode tangents at every depth).
 
     Parameters
     ----------
@@ -232,7 +234,7 @@ def mlp_value_and_divergence(mlp, params, x, t):
     x : array, shape (n, d)
     t : float in [0, 1]
 
-    Derivation: derivations/06-cnf.md (CNF.8)
+    Derivation: derivations/06-cnf.md (CNF.8), (CNF.16)
     """
     from .nn import MLP
 
