@@ -303,3 +303,22 @@ def test_the_cyclic_trace_check_rejects_an_untransposed_coupling():
     ref = mlp.value_and_divergence(params, x, 0.5)[1]
     assert rel_err(good(x, 0.5)[1], ref) <= CLOSED_RTOL
     assert rel_err(wrong(x, 0.5)[1], ref) > 1e-3
+
+
+def test_the_trace_routes_check_passes_and_rejects_a_trace_missing_a_diagonal_factor():
+    """fm-ref verify's cnf-trace-routes: the CNF's fast trace vs d reverse-mode VJPs, and
+    the same comparison on a trace that drops φ'(a₂) (sums φ'(a₁) M) fails it."""
+    from fm_ref.divergence import MLPTrace
+    from fm_ref.verify.cnf import check_trace_routes, trace_route_gap
+
+    res = check_trace_routes()
+    assert res.passed and res.measured <= 1e-13
+
+    class DroppedFactor(MLPTrace):
+        def __call__(self, x, t):
+            v, div = super().__call__(x, t)
+            if len(self.params) == 3:
+                div = (self.dphi[0] @ self.coupling).sum(axis=1)
+            return v, div
+
+    assert trace_route_gap(DroppedFactor) > 1e-2
