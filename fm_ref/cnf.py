@@ -113,15 +113,18 @@ class CNF:
                 raise TypeError(f"{name}: expected a callable or None, got {type(fn).__name__}")
         self.divergence_fn = divergence_fn
         self._vdiv = value_and_divergence
+        self._value_only = None  # a faster v(x, t) for the push-forward (from_mlp sets it)
 
     @classmethod
     def from_mlp(cls, mlp, params, workers=1, **kw):
         """A CNF over v_θ = ``mlp(params, ·, ·)`` with its closed-form divergence.
 
-        The right-hand side skips validation and uses ``fm_ref.divergence.MLPTrace``: one
-        forward pass, and the trace by cyclicity (CNF.16, one matrix product whatever d)
-        for one or two hidden layers, forward-mode tangents (CNF.8) for more. θ is copied
-        here: a later change to ``params`` does not reach the flow.
+        The right-hand sides skip validation and use ``fm_ref.divergence.MLPTrace``: for
+        ``log_prob``, one forward pass and the trace by cyclicity (CNF.16, one matrix
+        product whatever d) for one or two hidden layers, forward-mode tangents (CNF.8)
+        for more; for ``push_forward``, ``sample`` and ``trajectory``, its forward pass
+        alone (``MLPTrace.value``). θ is copied here: a later change to ``params`` does
+        not reach the flow.
         Keyword arguments go to ``CNF``; passing ``divergence_fn`` replaces the closed form.
         The flow keeps ``flow.mlp`` and ``flow.params``.
 
@@ -145,6 +148,7 @@ class CNF:
             kw.setdefault("value_and_divergence", make() if workers == 1 else SplitBatch(make, workers))
         flow = cls(lambda x, t: mlp.apply(params, x, t), mlp.dim, **kw)
         flow.mlp, flow.params = mlp, params
+        flow._value_only = MLPTrace(mlp, params).value  # plain NumPy: push-forward and sampling
         return flow
 
     def __repr__(self):
@@ -164,8 +168,10 @@ class CNF:
     def _velocity_rhs(self, n):
         d = self.dim
 
+        velocity = self._value_only or self.velocity
+
         def rhs(t, y):
-            v = onp.asarray(self.velocity(y.reshape(n, d), t))
+            v = onp.asarray(velocity(y.reshape(n, d), t))
             if v.shape != (n, d):
                 raise ValueError(f"velocity: expected v(x, t) of shape {(n, d)}, got {v.shape}")
             return v.ravel()
