@@ -26,7 +26,7 @@ from .divergence import MLPTrace, _value_and_divergence
 from .nn import MLP
 
 __all__ = ["blas_threads", "machine_info", "bench_log_likelihood", "bench_divergence_routes", "bench_dimensions",
-           "bench_threads", "run_all", "main"]
+           "bench_threads", "bench_sampling", "run_all", "main"]
 
 #: The reference the issue quotes: a PyTorch library on 2 CPU cores, dopri5, exact divergence.
 PEER_REFERENCE = {"ms": 150.0, "nfev": 56, "max_err": 1e-7, "target_ms": 75.0}
@@ -214,6 +214,23 @@ def bench_threads(n=1000, dim=2, hidden=(64, 64), method="RK45", tol=7e-8, repea
     return {"method": method, "tol": tol, "repeats": repeats, "single": rows[1], "threaded": rows[workers]}
 
 
+def bench_sampling(n=1000, dim=2, hidden=(64, 64), repeats=7, seed=0, tol=1e-8):
+    """``sample(n)`` (DOP853 at ``tol``): ``CNF.from_mlp`` (its right-hand side is
+    ``MLPTrace.value``, plain NumPy) against a CNF over ``mlp.apply`` (autograd.numpy, the
+    generic route), timed alternately; NFE and the largest difference of the samples."""
+    mlp, params, _ = _problem(n, dim, hidden, seed)
+    flows = {"from_mlp": CNF.from_mlp(mlp, params, rtol=tol, atol=tol),
+             "generic": CNF(lambda z, t: mlp.apply(params, z, t), dim, rtol=tol, atol=tol)}
+    times = {k: [] for k in flows}
+    out = {}
+    for _ in range(repeats):
+        for k, flow in flows.items():
+            out[k], t = _time(lambda: flow.sample(n, onp.random.default_rng(seed)), 1)
+            times[k] += t
+    return {"n": n, "tol": tol, "max_diff": float(onp.max(onp.abs(out["from_mlp"].x - out["generic"].x))),
+            "rows": {k: {"nfev": out[k].nfev, "median_ms": 1e3 * float(onp.median(times[k]))} for k in flows}}
+
+
 def run_all(quick=False, threads=1, n=1000, hidden=(64, 64), dims=(2, 8, 32)):
     """Every benchmark, as one dict (``quick``: fewer repeats and tolerances).
 
@@ -232,6 +249,7 @@ def run_all(quick=False, threads=1, n=1000, hidden=(64, 64), dims=(2, 8, 32)):
                                                    tols=(1e-5, 7e-8) if quick else TOLS),
             "divergence_routes": bench_divergence_routes(n=n, hidden=hidden, repeats=5 if quick else 20),
             "dimensions": bench_dimensions(dims=dims, n=n, hidden=hidden, repeats=1 if quick else 3),
+            "sampling": bench_sampling(n=n, hidden=hidden, repeats=3 if quick else 7),
         }
         best = out["log_likelihood"]["fewest_nfev_within_target"] or {"method": "RK45", "tol": 7e-8}
         out["threads"] = bench_threads(n=n, hidden=hidden, method=best["method"], tol=best["tol"],
@@ -277,6 +295,10 @@ def format_report(res):
                      f"{r['ms_per_eval']:7.2f} ms/eval ({r['per_eval_vs_first']:.1f}x d = {dm['rows'][0]['dim']}), "
                      f"CPU {r['cpu_ms']:.1f} ms; Hutchinson 1 probe {r['hutchinson_median_ms']:.1f} ms "
                      f"({r['hutchinson_nfev']} NFE)")
+    sm = res["sampling"]
+    lines.append(f"\nsample({sm['n']}), DOP853 tol {sm['tol']:g}, timed alternately: " + "; ".join(
+        f"{k} {r['median_ms']:.1f} ms ({r['nfev']} NFE)" for k, r in sm["rows"].items())
+        + f"; samples differ by {sm['max_diff']:.1e}")
     b2 = res["blas_2_threads"]
     lines.append(f"\nOpenBLAS 2 threads, {b2['method']} tol {b2['tol']:g}: {b2['median_ms']:.1f} ms ({b2['nfev']} NFE)")
     th = res["threads"]
