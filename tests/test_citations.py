@@ -82,3 +82,42 @@ def test_every_test_named_in_the_docs_exists():
 def test_the_test_reference_check_rejects_a_missing_test():
     assert missing_tests("tests/test_losses.py::test_that_does_not_exist") != []
     assert missing_tests("tests/test_losses.py::test_gradient_gap_shrinks_as_nodes_are_added") == []
+
+
+CODE_NAME = re.compile(r"`(fm_ref(?:\.\w+)+)(?:\([^`]*\))?`")
+CODE_PATH = re.compile(r"`(fm_ref/[\w/]+\.py)")
+
+
+def missing_code(text, root=ROOT):
+    """The `fm_ref.module.name` and `fm_ref/file.py` references in a text that name nothing:
+    the longest importable module prefix, then attributes."""
+    import importlib
+
+    bad = [m.group(1) for m in CODE_PATH.finditer(text) if not (root / m.group(1)).is_file()]
+    for m in CODE_NAME.finditer(text):
+        parts = m.group(1).split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ModuleNotFoundError:
+                continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+        if obj is None:
+            bad.append(m.group(1))
+    return bad
+
+
+def test_every_code_name_in_the_docs_exists():
+    """The derivations' 'Implemented by' lines and the README name real modules, classes,
+    functions and files."""
+    docs = sorted((ROOT / "derivations").glob("*.md")) + [ROOT / "README.md"]
+    bad = [f"{d.name}: {ref}" for d in docs for ref in missing_code(d.read_text(encoding="utf-8"))]
+    assert not bad, "stale code references:\n" + "\n".join(bad)
+
+
+def test_the_code_reference_check_rejects_a_missing_name():
+    assert missing_code("`fm_ref.divergence.mlp_value_and_divergence_traced`") != []
+    assert missing_code("`fm_ref/nonexistent.py`") != []
+    assert missing_code("`fm_ref.divergence.MLPTrace.value` and `fm_ref/cnf.py`") == []
