@@ -59,6 +59,13 @@ class Trajectory:
     nfev: int
 
 
+def _frozen_copy(a):
+    """A read-only float64 copy of a."""
+    a = onp.array(a, dtype=onp.float64)
+    a.setflags(write=False)
+    return a
+
+
 def _check_time(t, name):
     t = as_time(t, name=name)
     if onp.ndim(t) != 0:
@@ -123,16 +130,20 @@ class CNF:
         ``log_prob``, one forward pass and the trace by cyclicity (CNF.16, one matrix
         product whatever d) for one or two hidden layers, forward-mode tangents (CNF.8)
         for more; for ``push_forward``, ``sample`` and ``trajectory``, its forward pass
-        alone (``MLPTrace.value``). θ is copied here: a later change to ``params`` does
-        not reach the flow.
+        alone (``MLPTrace.value``). θ is copied here, into read-only arrays: a later
+        change to the caller's ``params`` does not reach the flow, and ``flow.params``
+        cannot be changed in place (build a new flow for new parameters).
         Keyword arguments go to ``CNF``; passing ``divergence_fn`` replaces the closed form.
         The flow keeps ``flow.mlp`` and ``flow.params``.
 
-        ``workers > 1`` evaluates the right-hand side on that many slices of the batch in
+        ``workers > 1`` evaluates the right-hand side of ``log_prob`` and
+        ``sample_with_log_prob`` (the augmented ODE) on that many slices of the batch in
         parallel threads (``fm_ref._threads.SplitBatch``; NumPy releases the GIL inside
         ufuncs and BLAS); the result is the same to rounding, and bit-identical from run
         to run for a fixed ``workers``. Use it with a single-threaded BLAS
         (``OPENBLAS_NUM_THREADS=1``): both kinds of threads at once oversubscribe the cores.
+        The push-forward runs on the calling thread whatever ``workers``. A flow is not
+        re-entrant: its work arrays serve one call at a time (one flow per thread).
         """
         from .nn import MLP
 
@@ -141,7 +152,7 @@ class CNF:
         if mlp.out_dim != mlp.in_dim:
             raise ValueError(f"mlp: a CNF needs out_dim == in_dim, got {mlp.out_dim} and {mlp.in_dim}")
         mlp.check_params(params)
-        params = [(onp.array(W, dtype=onp.float64), onp.array(b, dtype=onp.float64)) for W, b in params]  # copies
+        params = [(_frozen_copy(W), _frozen_copy(b)) for W, b in params]
         workers = as_positive_int(workers, "workers")
         if "divergence_fn" not in kw:  # an explicit divergence_fn replaces the closed form
             make = lambda: MLPTrace(mlp, params)  # noqa: E731

@@ -265,15 +265,18 @@ def _tanh_and_derivative(b, dphi=None):
     on NumPy's float64 loops), absolute error ≤ 2 ulp(1) ≈ 4.4e-16 (tests/test_divergence.py);
     the relative error near a = 0 is larger, which a hidden unit (used as h W) never
     sees. The caller passes −2a, not a: ``MLPTrace`` folds the factor −2 into its copy of
-    the weights (exact: a power of two). For a < −354, e^{−2a} overflows to inf and
-    2/(1 + inf) − 1 = −1 exactly; that overflow is the intended limit, so it is not
-    reported (and nothing else in these four operations can overflow).
+    the weights (exact: a power of two). Far in the tails the intermediate values leave
+    the normal range on purpose: for a < −354, e^{−2a} overflows to inf and 2/(1 + inf)
+    − 1 = −1 exactly; for a > 354, e^{−2a} underflows towards 0 and the result is 1
+    exactly; just above a = −355, 2/(1 + e^{−2a}) is subnormal. These are the intended
+    limits, so overflow and underflow are not reported here, whatever the caller's
+    ``numpy.errstate`` (invalid operations still are: a NaN input stays NaN).
     """
-    with onp.errstate(over="ignore"):
+    with onp.errstate(over="ignore", under="ignore"):
         onp.exp(b, out=b)
-    b += 1.0
-    onp.divide(2.0, b, out=b)
-    b -= 1.0
+        b += 1.0
+        onp.divide(2.0, b, out=b)
+        b -= 1.0
     if dphi is not None:
         onp.multiply(b, b, out=dphi)
         onp.subtract(1.0, dphi, out=dphi)
@@ -293,30 +296,34 @@ class MLPTrace:
       (d, n, h_ℓ) arrays so that each layer is one (d n, h) @ (h, h') product, and
       ∇·v = Σ_i T_{L−1}[i] W_L[:, i].
 
-    All arrays are allocated once per batch size and reused (no fresh pages for every
-    temporary in an ODE right-hand side). tanh uses ``_tanh_and_derivative`` on −2a_ℓ,
-    computed with a copy of the hidden layers' weights scaled by −2.
+    ``value(x, t)`` is the forward pass alone (v, a fresh array), for the push-forward.
+    Work arrays are allocated once per batch size and reused (no fresh pages for every
+    temporary in an ODE right-hand side); those of the trace only when the trace is
+    asked for. tanh uses ``_tanh_and_derivative`` on −2a_ℓ, computed with a copy of the
+    hidden layers' weights scaled by −2.
 
-    The returned arrays are views of the work arrays, overwritten by the next call:
-    copy them to keep them. One instance per thread. No validation (ODE inner loops);
-    the validated entry point is ``mlp_value_and_divergence``. θ is read once, here:
-    build a new instance for new parameters.
+    The arrays ``__call__`` returns are views of the work arrays, overwritten by the next
+    call: copy them to keep them. One instance per thread. No validation (ODE inner
+    loops); the validated entry point is ``mlp_value_and_divergence``. θ is copied here,
+    once: later changes to the caller's arrays do not reach the instance.
 
     Parameters
     ----------
     mlp : fm_ref.nn.MLP with out_dim = in_dim = dim
-    params : list of (W, b), plain float64 arrays
+    params : list of (W, b), float64 arrays
 
     Derivation: derivations/06-cnf.md (CNF.8), (CNF.16)
     """
 
     def __init__(self, mlp, params):
-        self.mlp, self.params = mlp, params
+        self.mlp = mlp
+        self.params = [(onp.array(W, dtype=onp.float64), onp.array(b, dtype=onp.float64)) for W, b in params]
+        params = self.params
         self.tanh = mlp.activation == "tanh"
         # the weights that make the pre-activations: −2 W for tanh (see _tanh_and_derivative)
         scale = -2.0 if self.tanh else 1.0
         self.pre = [(scale * W, scale * b) for W, b in params[:-1]]
-        self.n = None
+        self.n_forward = self.n_trace = None
         d = mlp.in_dim
         W_in, W_out = params[0][0][:d], params[-1][0]
         if len(params) == 2:  # c_k = Σ_i W₁[i, k] W₂[k, i]
@@ -326,88 +333,91 @@ class MLPTrace:
         else:
             self.coupling = None
 
-    def _allocate(self, n, d):
-        widths = [W.shape[1] for W, _ in self.params[:-1]]
-        self.n = n
-        self.h = [onp.empty((n, w)) for w in widths]
-        self.dphi = [onp.empty((n, w)) for w in widths]
-        if len(self.params) > 3:
-            self.tangent = [onp.empty((d, n, w)) for w in widths]
-        elif len(self.params) == 3:
-            self.pair = onp.empty((n, widths[1]))  # φ'(a₁) M
-        self.value, self.div, self.tmp = onp.empty((n, d)), onp.empty(n), onp.empty(n)
+    def _widths(self):
+        return [W.shape[1] for W, _ in self.params[:-1]]
+
+    def _allocate_forward(self, n):
+        if n != self.n_forward:
+            self.n_forward = n
+            self.h = [onp.empty((n, w)) for w in self._widths()]
+
+    def _allocate_trace(self, n, d):
+        self._allocate_forward(n)
+        if n != self.n_trace:
+            self.n_trace = n
+            widths = self._widths()
+            self.dphi = [onp.empty((n, w)) for w in widths]
+            if len(self.params) > 3:
+                self.tangent = [onp.empty((d, n, w)) for w in widths]
+            elif len(self.params) == 3:
+                self.pair = onp.empty((n, widths[1]))  # φ'(a₁) M
+            self.v_out, self.div, self.tmp = onp.empty((n, d)), onp.empty(n), onp.empty(n)
 
     def _activate(self, l, derivative=True):
         """h[l] holds the pre-activation from ``self.pre`` on entry; on exit h[l] = φ(a_l)
         and, if ``derivative``, dphi[l] = φ'(a_l)."""
-        h, dphi = self.h[l], self.dphi[l]
+        h = self.h[l]
         if self.tanh:
-            _tanh_and_derivative(h, dphi if derivative else None)
+            _tanh_and_derivative(h, self.dphi[l] if derivative else None)
         else:
             if derivative:
-                dphi[...] = self.mlp.d_act(h)
+                self.dphi[l][...] = self.mlp.d_act(h)
             h[...] = self.mlp.act(h)
 
-    def _hidden(self, l, derivative=True):
-        """h[l] (and dphi[l]) from h[l − 1] (l ≥ 1)."""
-        W, b = self.pre[l]
-        onp.matmul(self.h[l - 1], W, out=self.h[l])
-        self.h[l] += b
-        self._activate(l, derivative)
-
-    def value(self, x, t):
-        """v_θ(x, t) alone, shape (n, d): the forward pass of ``__call__`` without φ' or the
-        trace (the push-forward's right-hand side). A fresh array, not a work array."""
+    def _forward(self, x, t, derivative):
+        """h[0..L−2] for the batch x; with ``derivative`` also dphi and, beyond two hidden
+        layers, the tangents T_ℓ of CNF.8. Work arrays allocated by the caller."""
         n, d = x.shape
-        if len(self.params) == 1:
-            return self(x, t)[0]
-        if n != self.n:
-            self._allocate(n, d)
+        tangents = derivative and len(self.params) > 3
         W, b = self.pre[0]
         onp.matmul(x, W[:d], out=self.h[0])
         self.h[0] += _time_features(self.mlp, t) @ W[d:] + b
-        self._activate(0, derivative=False)
+        self._activate(0, derivative)
+        if tangents:  # T_1 = W_1[:d] ⊙ φ'(a_1)
+            onp.multiply(self.params[0][0][:d][:, None, :], self.dphi[0][None], out=self.tangent[0])
         for l in range(1, len(self.params) - 1):
-            self._hidden(l, derivative=False)
+            W, b = self.pre[l]
+            onp.matmul(self.h[l - 1], W, out=self.h[l])
+            self.h[l] += b
+            self._activate(l, derivative)
+            if tangents:  # T_ℓ = (T_{ℓ−1} W_ℓ) ⊙ φ'(a_ℓ)
+                T = self.tangent[l]
+                onp.matmul(self.tangent[l - 1].reshape(d * n, -1), self.params[l][0], out=T.reshape(d * n, -1))
+                T *= self.dphi[l][None]
+
+    def value(self, x, t):
+        """v_θ(x, t) alone, shape (n, d): the forward pass without φ' or the trace (the
+        push-forward's right-hand side). A fresh array, not a work array."""
+        n, d = x.shape
         W, b = self.params[-1]
+        if len(self.params) == 1:
+            return x @ W[:d] + (_time_features(self.mlp, t) @ W[d:] + b)
+        self._allocate_forward(n)
+        self._forward(x, t, derivative=False)
         return self.h[-1] @ W + b
 
     def __call__(self, x, t):
         n, d = x.shape
         params = self.params
         if len(params) == 1:  # affine: v = [x, t] W + b, ∇·v = tr W[:d]
-            W, b = params[0]
-            return x @ W[:d] + (_time_features(self.mlp, t) @ W[d:] + b), onp.full(n, onp.trace(W[:d]))
-        if n != self.n:
-            self._allocate(n, d)
-        W, b = self.pre[0]
-        onp.matmul(x, W[:d], out=self.h[0])
-        self.h[0] += _time_features(self.mlp, t) @ W[d:] + b
-        self._activate(0)
+            return self.value(x, t), onp.full(n, onp.trace(params[0][0][:d]))
+        self._allocate_trace(n, d)
+        self._forward(x, t, derivative=True)
+        W, b = params[-1]
         if len(params) == 2:  # CNF.16, one hidden layer
             onp.matmul(self.dphi[0], self.coupling, out=self.div)
         elif len(params) == 3:  # CNF.16, two hidden layers
-            self._hidden(1)
             onp.matmul(self.dphi[0], self.coupling, out=self.pair)
             onp.einsum("nk,nk->n", self.pair, self.dphi[1], out=self.div)
-        else:  # CNF.8, forward-mode tangents
-            W = params[0][0]
-            onp.multiply(W[:d][:, None, :], self.dphi[0][None], out=self.tangent[0])  # T_1 = W_1[:d] ⊙ φ'(a_1)
-            for l, (W, _) in enumerate(params[1:-1], start=1):
-                self._hidden(l)
-                T = self.tangent[l]
-                onp.matmul(self.tangent[l - 1].reshape(d * n, -1), W, out=T.reshape(d * n, -1))
-                T *= self.dphi[l][None]
-            W = params[-1][0]
+        else:  # CNF.8: Σ_i T_{L−1}[i] W_L[:, i]
             T = self.tangent[-1]
             onp.matmul(T[0], W[:, 0], out=self.div)
             for i in range(1, d):
                 onp.matmul(T[i], W[:, i], out=self.tmp)
                 self.div += self.tmp
-        W, b = params[-1]
-        onp.matmul(self.h[-1], W, out=self.value)
-        self.value += b
-        return self.value, self.div
+        onp.matmul(self.h[-1], W, out=self.v_out)
+        self.v_out += b
+        return self.v_out, self.div
 
 
 def _mlp_value_and_divergence(mlp, params, x, t):

@@ -204,8 +204,10 @@ class MLP:
         """(v_θ(x, t), ∇·v_θ(x, t)), shapes (n, d) and (n,), one pass.
 
         Written in autograd.numpy and differentiable in ``params`` and ``x`` (the adjoint
-        method needs the VJPs of ∇·v_θ). For ODE inner loops the plain-NumPy evaluation
-        of the same closed form with reused work arrays is ``fm_ref.divergence.MLPTrace``.
+        method needs the VJPs of ∇·v_θ). Forward-mode tangents at every depth (CNF.8). For
+        ODE inner loops, ``fm_ref.divergence.MLPTrace`` evaluates the trace in plain NumPy
+        with reused work arrays, by cyclicity (CNF.16) for one or two hidden layers: a
+        different formula, so the two check each other.
 
         Derivation: derivations/06-cnf.md (CNF.8)
         """
