@@ -15,9 +15,12 @@ slice straight into the output arrays; nothing is concatenated.
 Results are bit-identical from call to call for a fixed k (the slices are fixed); they
 equal the single-thread result to rounding (a matrix product's summation order can
 depend on the number of rows). NumPy's floating-point error state is per thread: the
-workers run under the caller's ``numpy.geterr()``, and an exception in a worker is
-raised again in the caller.
+workers run under the caller's ``numpy.geterr()`` and ``numpy.geterrcall()``. An
+exception in any slice is raised in the caller once every slice has finished (the first
+one, slice 0 before the workers'); none is left behind to keep the object alive. A
+worker thread that has died raises ``RuntimeError`` instead of a wait without end.
 """
+import os
 import threading
 import time
 import weakref
@@ -29,13 +32,18 @@ __all__ = ["SplitBatch"]
 
 class _Channel:
     """What the caller and the workers share; the threads hold this, not the SplitBatch,
-    so that dropping the SplitBatch stops them (weakref.finalize)."""
+    so that dropping the SplitBatch stops them (weakref.finalize).
+
+    Call number ``seq`` publishes ``jobs[k]``; worker k runs it and then sets
+    ``done[k] = seq``, so a job left over from an interrupted call cannot be taken for
+    the current one."""
 
     def __init__(self, workers):
         self.cond = threading.Condition()
         self.jobs = [None] * workers
-        self.done = [True] * workers
+        self.done = [0] * workers
         self.errors = [None] * workers
+        self.seq = 0
         self.stop = False
 
     def serve(self, k):
@@ -45,13 +53,13 @@ class _Channel:
                     self.cond.wait()
                 if self.stop:
                     return
-                job, self.jobs[k] = self.jobs[k], None
+                (seq, job), self.jobs[k] = self.jobs[k], None
             try:
                 job()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
                 self.errors[k] = exc
             del job  # it refers to the SplitBatch, which must stay collectable
-            self.done[k] = True
+            self.done[k] = seq
 
     def close(self):
         with self.cond:
@@ -71,7 +79,9 @@ class SplitBatch:
         The number of slices; ``workers − 1`` threads are started.
 
     The returned arrays are work arrays of this object, overwritten by the next call
-    (``CNF`` copies them at once). Not re-entrant: one caller at a time.
+    (``CNF`` copies them at once). Not re-entrant: one caller at a time. In a process
+    forked from the one that made it (whose threads do not survive the fork) it
+    evaluates the slices one after another on the calling thread.
     """
 
     def __init__(self, make_vdiv, workers):
@@ -79,7 +89,8 @@ class SplitBatch:
         if self.workers < 2:
             raise ValueError(f"workers: expected an int >= 2, got {workers!r}")
         self.parts = [make_vdiv() for _ in range(self.workers)]
-        self.n = None
+        self.shape = None
+        self._pid = os.getpid()
         self._channel = channel = _Channel(self.workers)
         self._threads = [threading.Thread(target=channel.serve, args=(k,), daemon=True,
                                           name=f"fm_ref-split-{k}") for k in range(1, self.workers)]
@@ -87,9 +98,9 @@ class SplitBatch:
             thread.start()
         weakref.finalize(self, channel.close)
 
-    def _job(self, k, x, t, err):
+    def _job(self, k, x, t, err, call):
         a, b = self.cuts[k], self.cuts[k + 1]
-        with onp.errstate(**err):
+        with onp.errstate(call=call, **err):
             v, div = self.parts[k](x[a:b], t)
             self.v[a:b] = v
             self.div[a:b] = div
@@ -99,24 +110,35 @@ class SplitBatch:
         if n < 2 * self.workers:  # too small to split
             v, div = self.parts[0](x, t)
             return onp.array(v), onp.array(div)
-        if n != self.n:
-            self.n, self.v, self.div = n, onp.empty((n, d)), onp.empty(n)
+        if x.shape != self.shape:
+            self.shape, self.v, self.div = x.shape, onp.empty((n, d)), onp.empty(n)
             self.cuts = [(n * k) // self.workers for k in range(self.workers + 1)]
-        err = onp.geterr()
+        err, call = onp.geterr(), onp.geterrcall()
+        if os.getpid() != self._pid:  # a forked child: no worker threads here
+            for k in range(self.workers):
+                self._job(k, x, t, err, call)
+            return self.v, self.div
         ch = self._channel
         with ch.cond:
+            ch.seq += 1
+            seq = ch.seq
             for k in range(1, self.workers):
-                ch.done[k], ch.errors[k] = False, None
-                ch.jobs[k] = (lambda k=k: self._job(k, x, t, err))
+                ch.errors[k] = None
+                ch.jobs[k] = (seq, lambda k=k: self._job(k, x, t, err, call))
             ch.cond.notify_all()
+        errors = []
         try:
-            self._job(0, x, t, err)
-        finally:  # wait for the workers even if slice 0 failed: they write into self.v
-            for k in range(1, self.workers):
-                while not ch.done[k]:
-                    time.sleep(0)
-        for k in range(1, self.workers):
-            exc, ch.errors[k] = ch.errors[k], None
+            self._job(0, x, t, err, call)
+        except BaseException as exc:  # noqa: BLE001 - raised below, after the workers finish
+            errors.append(exc)
+        for k, thread in enumerate(self._threads, start=1):  # they write into self.v: wait
+            while ch.done[k] != seq:
+                if not thread.is_alive():
+                    raise RuntimeError(f"SplitBatch: worker thread {k} has stopped")
+                time.sleep(0)
+            exc, ch.errors[k] = ch.errors[k], None  # collect every error: none stays behind
             if exc is not None:
-                raise exc
+                errors.append(exc)
+        if errors:
+            raise errors[0]
         return self.v, self.div

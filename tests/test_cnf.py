@@ -427,41 +427,95 @@ def test_the_benchmark_runs_and_reports_small_errors():
     assert [r["dim"] for r in res["dimensions"]["rows"]] == [2, 3]
 
 
-def test_split_batch_is_reproducible_raises_worker_errors_and_stops_its_threads():
-    """fm_ref._threads.SplitBatch: the same call twice gives bit-identical output; an error
-    in a worker's slice (here a NaN-producing slice under errors-raise) reaches the caller;
-    dropping the object ends its worker threads."""
-    import gc
-    import threading
+def _slice_field(x, t):
+    """A pointwise field that fails (log of a negative under errors-raise) on rows with
+    x₀ > 50: placing such a row picks which slice fails."""
+    if np.any(x[:, 0] > 50.0):
+        return np.log(-x), x[:, 0]
+    return 2.0 * x, x[:, 0] * t
 
+
+def _all_stop(threads):
+    """True when the threads end within a second, after a garbage collection (call it
+    once the last reference to their SplitBatch is gone)."""
+    import gc
+
+    gc.collect()
+    for th in threads:
+        th.join(timeout=1.0)
+    return not any(th.is_alive() for th in threads)
+
+
+def test_split_batch_is_reproducible_and_stops_its_threads():
+    """fm_ref._threads.SplitBatch: the same call twice gives bit-identical output, equal to
+    the unsplit field; a new shape with the same n gets new buffers; dropping the object
+    ends its worker threads."""
     from fm_ref._threads import SplitBatch
 
-    def field(x, t):
-        if np.any(x[:, 0] > 50.0):  # only in the last slice below: a worker's slice
-            return np.log(-x), x[:, 0]
-        return 2.0 * x, x[:, 0] * t
-
-    split = SplitBatch(lambda: field, 3)
+    split = SplitBatch(lambda: _slice_field, 3)
     x = np.random.default_rng(27).normal(size=(30, 2))
     v1, d1 = (a.copy() for a in split(x, 0.5))
     v2, d2 = split(x, 0.5)
     assert np.array_equal(v1, v2) and np.array_equal(d1, d2) and np.array_equal(v1, 2.0 * x)
+    x3 = np.random.default_rng(28).normal(size=(30, 3))
+    assert np.array_equal(split(x3, 0.5)[0], 2.0 * x3)
+    with pytest.raises(ValueError, match="workers"):
+        SplitBatch(lambda: _slice_field, 1)
+    threads = list(split._threads)
+    assert threads and all(th.is_alive() for th in threads)
+    del split
+    assert _all_stop(threads)
+
+
+@pytest.mark.parametrize("bad_rows", [[-1], [0, -1], [12, -1]], ids=["worker", "caller-and-worker", "two-workers"])
+def test_split_batch_raises_every_slice_error_and_leaves_none_behind(bad_rows):
+    """An error in any slice reaches the caller (the worker runs under the caller's
+    errstate); the object stays usable; no error is left holding the object, so its
+    threads still stop when it is dropped."""
+    from fm_ref._threads import SplitBatch
+
+    split = SplitBatch(lambda: _slice_field, 3)
+    x = np.random.default_rng(27).normal(size=(30, 2))
+    bad = x.copy()
+    bad[bad_rows, 0] = 100.0
+    with pytest.raises(FloatingPointError):
+        split(bad, 0.5)
+    assert np.array_equal(split(x, 0.5)[1], 0.5 * x[:, 0])
+    with pytest.raises(FloatingPointError):  # dropped right after a failed call
+        split(bad, 0.5)
+    threads = list(split._threads)
+    del split
+    assert _all_stop(threads)
+
+
+def test_split_batch_passes_the_error_callback_and_works_in_a_forked_child():
+    """errstate(invalid='call') reaches the workers with the caller's callback; in a child
+    forked after the threads started (they do not survive a fork) the slices run on the
+    calling thread instead of waiting for workers that are gone."""
+    import os
+
+    from fm_ref._threads import SplitBatch
+
+    split = SplitBatch(lambda: _slice_field, 2)
+    x = np.random.default_rng(27).normal(size=(30, 2))
     bad = x.copy()
     bad[-1, 0] = 100.0
-    with pytest.raises(FloatingPointError):  # the worker ran under the caller's errstate
+    seen = []
+    with np.errstate(invalid="call", call=lambda kind, flag: seen.append(kind)):
         split(bad, 0.5)
-    assert np.array_equal(split(x, 0.5)[1], 0.5 * x[:, 0])  # usable after the error
-    with pytest.raises(ValueError, match="workers"):
-        SplitBatch(lambda: field, 1)
-    names = lambda: {th.name for th in threading.enumerate() if th.name.startswith("fm_ref-split")}  # noqa: E731
-    assert names()
-    del split
-    gc.collect()
-    for _ in range(100):
-        if not names():
-            break
-        threading.Event().wait(0.01)
-    assert not names()
+    assert "invalid value" in seen
+    split(x, 0.5)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the split call returns the right values
+        import signal
+
+        signal.alarm(20)  # a wait for the parent's workers would hang: die instead
+        try:
+            ok = np.array_equal(split(x, 0.5)[0], 2.0 * x)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.parametrize("hidden", [(8,), (8, 8), (6, 6, 6)])
