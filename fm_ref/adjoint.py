@@ -21,7 +21,7 @@ from autograd.misc import flatten
 from scipy.integrate import solve_ivp
 
 from ._validate import as_finite_float, as_generator, as_points, as_positive_int
-from .cnf import CNF, METHODS
+from .cnf import CNF, METHODS, as_rtol
 from .distributions import StandardNormal
 from .train import adam
 
@@ -35,7 +35,8 @@ def _field(mlp, params, z, t):
     replace it with a deliberately wrong field)."""
     return mlp._value_and_divergence(params, z, t)
 
-def _check(mlp, params, x, base, params_checked=True):
+def _check(mlp, params, x, base, params_checked=True, name="x"):
+    """(x, base) validated for a CNF over the MLP; ``name`` is x's argument name."""
     from .nn import MLP
 
     if not isinstance(mlp, MLP):
@@ -44,8 +45,12 @@ def _check(mlp, params, x, base, params_checked=True):
         raise ValueError(f"mlp: a CNF needs out_dim == in_dim, got {mlp.out_dim} and {mlp.in_dim}")
     if params_checked:
         mlp.check_params(params)
-    x = as_points(x, "x", dim=mlp.dim)
-    base = StandardNormal(mlp.dim) if base is None else base
+    x = as_points(x, name, dim=mlp.in_dim)
+    base = StandardNormal(mlp.in_dim) if base is None else base
+    if not (callable(getattr(base, "log_prob", None)) and callable(getattr(base, "sample", None))):
+        raise TypeError(f"base: expected a distribution with log_prob and sample, got {type(base).__name__}")
+    if getattr(base, "dim", mlp.in_dim) != mlp.in_dim:
+        raise ValueError(f"base: expected dimension {mlp.in_dim}, got {base.dim}")
     return x, base
 
 
@@ -79,7 +84,7 @@ def adjoint_nll_grad(mlp, params, x, rtol=1e-8, atol=1e-8, method="DOP853", base
     x, base = _check(mlp, params, x, base)
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    rtol = as_finite_float(rtol, "rtol", lo=0.0, lo_open=True)
+    rtol = as_rtol(rtol)
     atol = as_finite_float(atol, "atol", lo=0.0, lo_open=True)
     n, d = x.shape
     nd = n * d
@@ -181,12 +186,12 @@ def train_cnf_mle(mlp, params_or_rng, data, steps, rng, lr=1e-2, batch=128, call
 
     Derivation: derivations/06-cnf.md (CNF.13)
     """
-    _check(mlp, None, onp.zeros((1, getattr(mlp, "dim", 1))), base, params_checked=False)
+    _check(mlp, None, onp.zeros((1, getattr(mlp, "in_dim", 1))), base, params_checked=False)
     if isinstance(params_or_rng, onp.random.Generator):
         params = mlp.init(params_or_rng)
     else:
         params = params_or_rng
-    data, base = _check(mlp, params, data, base)
+    data, base = _check(mlp, params, data, base, name="data")
     steps = as_positive_int(steps, "steps")
     rng = as_generator(rng)
     batch = as_positive_int(batch, "batch")

@@ -10,12 +10,13 @@ Results. Every solve returns a frozen dataclass carrying ``nfev``, the number of
 right-hand-side evaluations that ``solve_ivp`` made; each evaluation computes v (and,
 for the augmented ODE, ∇·v) for the whole batch once:
 
-- ``FlowResult(x, log_prob, nfev, t0, t1)``: ``x`` shape (n, d) at t1; ``log_prob``
-  shape (n,) (log p_{t1}(x) where it was computed, else ``None``);
+- ``FlowResult(x, log_prob, nfev, t0, t1)``: ``x`` shape (n, d), the points at the end
+  of the solve; ``log_prob`` shape (n,) or ``None`` (see ``FlowResult``);
 - ``Trajectory(ts, xs, nfev)``: ``xs`` shape (m, n, d) at the m times ``ts``.
 
 A solver failure (``status != 0``) raises ``RuntimeError`` with the solver's message;
-non-finite states raise ``FloatingPointError``; nothing returns NaN.
+a non-finite velocity, divergence or state raises ``FloatingPointError``; nothing
+returns NaN.
 """
 import dataclasses
 
@@ -27,7 +28,7 @@ from ._validate import as_finite_float, as_float_array, as_generator, as_points,
 from .distributions import StandardNormal
 from .divergence import PROBES, MLPTrace, _divergence_hutchinson, _probes, _value_and_divergence
 
-__all__ = ["CNF", "FlowResult", "Trajectory", "METHODS"]
+__all__ = ["CNF", "FlowResult", "Trajectory", "METHODS", "MIN_RTOL", "as_rtol"]
 
 #: The explicit and implicit solve_ivp methods a CNF accepts.
 METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
@@ -37,8 +38,12 @@ METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
 class FlowResult:
     """Points moved by the flow, with their log-density where computed.
 
-    x : ndarray, shape (n, d), the points at time t1
-    log_prob : ndarray, shape (n,), or None; log p_{t1}(x)
+    x : ndarray, shape (n, d)
+        ``push_forward``, ``sample``, ``sample_with_log_prob``: the points at time t1.
+        ``log_prob``: the caller's points pulled back to time t0.
+    log_prob : ndarray, shape (n,), or None
+        ``sample_with_log_prob``: log p_{t1} of ``x``. ``log_prob``: log p_{t1} of the
+        caller's points (not of ``x``, which lies at t0). ``push_forward``, ``sample``: None.
     nfev : int, right-hand-side evaluations of the solve (one batched v (and ∇·v) each)
     t0, t1 : float, the integration interval (from t0 to t1)
     """
@@ -57,6 +62,19 @@ class Trajectory:
     ts: onp.ndarray
     xs: onp.ndarray
     nfev: int
+
+
+#: The smallest rtol solve_ivp honours; below it, it warns and uses this value instead.
+MIN_RTOL = 100 * onp.finfo(float).eps
+
+
+def as_rtol(rtol, name="rtol"):
+    """A relative tolerance that ``solve_ivp`` will use as given: finite, ≥ ``MIN_RTOL``."""
+    rtol = as_finite_float(rtol, name, lo=0.0, lo_open=True)
+    if rtol < MIN_RTOL:
+        raise ValueError(f"{name}: expected at least {MIN_RTOL:.3g} (100 machine epsilons; solve_ivp raises "
+                         f"a smaller rtol to that value), got {rtol!r}")
+    return rtol
 
 
 def _frozen_copy(a):
@@ -89,7 +107,8 @@ class CNF:
     method : str
         A ``solve_ivp`` method, one of ``METHODS`` (DOP853 by default: order 8).
     rtol, atol : float
-        The solver's relative and absolute tolerances, over the flattened batch state.
+        The solver's relative and absolute tolerances, over the flattened batch state;
+        rtol ≥ ``MIN_RTOL`` = 100 machine epsilons (solve_ivp would silently use that).
     divergence_fn : callable, optional
         div(x, t) -> (n,), replacing the exact autograd trace for ``divergence='exact'``.
     value_and_divergence : callable, optional
@@ -113,7 +132,7 @@ class CNF:
         if method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
         self.method = method
-        self.rtol = as_finite_float(rtol, "rtol", lo=0.0, lo_open=True)
+        self.rtol = as_rtol(rtol)
         self.atol = as_finite_float(atol, "atol", lo=0.0, lo_open=True)
         for name, fn in (("divergence_fn", divergence_fn), ("value_and_divergence", value_and_divergence)):
             if fn is not None and not callable(fn):
@@ -157,7 +176,7 @@ class CNF:
         if "divergence_fn" not in kw:  # an explicit divergence_fn replaces the closed form
             make = lambda: MLPTrace(mlp, params)  # noqa: E731
             kw.setdefault("value_and_divergence", make() if workers == 1 else SplitBatch(make, workers))
-        flow = cls(lambda x, t: mlp.apply(params, x, t), mlp.dim, **kw)
+        flow = cls(lambda x, t: mlp.apply(params, x, t), mlp.in_dim, **kw)
         flow.mlp, flow.params = mlp, params
         flow._value_only = MLPTrace(mlp, params).value  # plain NumPy: push-forward and sampling
         return flow
@@ -185,6 +204,8 @@ class CNF:
             v = onp.asarray(velocity(y.reshape(n, d), t))
             if v.shape != (n, d):
                 raise ValueError(f"velocity: expected v(x, t) of shape {(n, d)}, got {v.shape}")
+            if not onp.all(onp.isfinite(v)):  # a NaN slope would send solve_ivp round for ever
+                raise FloatingPointError(f"velocity: non-finite value at t = {t!r}")
             return v.ravel()
 
         return rhs
@@ -219,6 +240,9 @@ class CNF:
             out = onp.empty(nd + n)
             out[:nd] = onp.reshape(v, -1)
             out[nd:] = div
+            if not onp.all(onp.isfinite(out)):  # a NaN slope would send solve_ivp round for ever
+                what = "velocity" if not onp.all(onp.isfinite(out[:nd])) else "divergence"
+                raise FloatingPointError(f"{what}: non-finite value at t = {t!r}")
             if sign < 0:
                 out[nd:] *= -1.0
             return out
@@ -227,6 +251,20 @@ class CNF:
         sol = self._solve(rhs, y0, t0, t1)
         y1 = sol.y[:, -1]
         return y1[:nd].reshape(n, d), y1[nd:], int(sol.nfev)
+
+    def _base_sample(self, n, rng):
+        """n points from the base, checked: shape (n, d), finite."""
+        return as_points(self.base.sample(n, rng), "base.sample", dim=self.dim, n=n)
+
+    def _base_log_prob(self, x):
+        """The base's log-density at x, checked: shape (n,), float64, no NaN or +inf
+        (−inf, a point outside the base's support, is a value)."""
+        out = onp.asarray(self.base.log_prob(x), dtype=onp.float64)
+        if out.shape != (x.shape[0],):
+            raise ValueError(f"base.log_prob: expected shape {(x.shape[0],)}, got {out.shape}")
+        if onp.any(onp.isnan(out) | (out == onp.inf)):
+            raise FloatingPointError("base.log_prob: returned NaN or +inf")
+        return out
 
     # ------------------------------------------------------------------ public API
     def push_forward(self, x, t0=0.0, t1=1.0):
@@ -258,7 +296,7 @@ class CNF:
         n = as_positive_int(n, "n")
         rng = as_generator(rng)
         _check_time(t0, "t0"), _check_time(t1, "t1")
-        return self.push_forward(self.base.sample(n, rng), t0, t1)
+        return self.push_forward(self._base_sample(n, rng), t0, t1)
 
     def trajectory(self, x, ts):
         """The path x(t) at the strictly monotone times ``ts``, starting from x at ts[0].
@@ -287,7 +325,7 @@ class CNF:
         xs = sol.y.T.reshape(len(ts), n, self.dim)
         return Trajectory(ts.copy(), xs, int(sol.nfev))
 
-    def log_prob(self, x, divergence="exact", rng=None, t0=0.0, t1=1.0, n_probes=1, probe="rademacher",
+    def log_prob(self, x, divergence="exact", rng=None, t0=0.0, t1=1.0, n_probes=None, probe="rademacher",
                  eps=None):
         """log p_{t1}(x) by the augmented ODE solved from t1 back to t0.
 
@@ -302,8 +340,10 @@ class CNF:
             the result is then an unbiased estimate of log p_{t1}(x).
         rng : numpy.random.Generator, needed for 'hutchinson' unless ``eps`` is given
         t0, t1 : float in [0, 1]
-        n_probes : int; probe : {'rademacher', 'gaussian'}
-        eps : array, shape (n_probes, n, d) or (n, d), optional; explicit fixed probes
+        n_probes : int, optional; 1 by default, or eps's K (as in
+            ``fm_ref.divergence.divergence_hutchinson``)
+        probe : {'rademacher', 'gaussian'}
+        eps : array, shape (K, n, d) or (n, d), optional; explicit fixed probes
 
         Returns
         -------
@@ -317,12 +357,12 @@ class CNF:
         vdiv = self._divergence_route(divergence, x.shape[0], rng, n_probes, probe, eps)
         n = x.shape[0]
         if t0 == t1:
-            return FlowResult(x.copy(), onp.asarray(self.base.log_prob(x)), 0, t0, t1)
+            return FlowResult(x.copy(), self._base_log_prob(x), 0, t0, t1)
         x0, ell0, nfev = self._augmented_solve(x, t1, t0, onp.zeros(n), +1, vdiv)
-        log_p = onp.asarray(self.base.log_prob(x0)) + ell0
+        log_p = self._base_log_prob(x0) + ell0
         return FlowResult(x0, log_p, nfev, t0, t1)
 
-    def sample_with_log_prob(self, n, rng, t0=0.0, t1=1.0, divergence="exact", n_probes=1, probe="rademacher"):
+    def sample_with_log_prob(self, n, rng, t0=0.0, t1=1.0, divergence="exact", n_probes=None, probe="rademacher"):
         """Sample and carry log p forward: ℓ(t0) = log p₀(x₀), dℓ/dt = −∇·v, to t1.
 
         Parameters
@@ -342,9 +382,9 @@ class CNF:
         n = as_positive_int(n, "n")
         rng = as_generator(rng)
         t0, t1 = _check_time(t0, "t0"), _check_time(t1, "t1")
-        x0 = self.base.sample(n, rng)
+        x0 = self._base_sample(n, rng)
         vdiv = self._divergence_route(divergence, n, rng, n_probes, probe, None)
-        ell0 = onp.asarray(self.base.log_prob(x0), dtype=onp.float64)
+        ell0 = self._base_log_prob(x0)
         if t0 == t1:
             return FlowResult(x0, ell0, 0, t0, t1)
         x1, ell1, nfev = self._augmented_solve(x0, t0, t1, ell0, -1, vdiv)

@@ -17,6 +17,8 @@ float, written in ``autograd.numpy`` for the autograd routes. It must act pointw
 (row n of the output depends on row n of x only); a field that mixes samples has a
 Jacobian of shape (n d, n d) and these functions would return the wrong thing.
 """
+import warnings
+
 import autograd.numpy as np
 import numpy as onp
 from autograd import make_vjp
@@ -51,7 +53,12 @@ def _check_field(f, x, t):
 
 
 def _vjp_and_value(f, x, t):
-    vjp, value = make_vjp(lambda z: f(z, t))(x)
+    # A field that does not depend on x (a constant, a pure function of t) is legitimate:
+    # its VJPs are zero, which autograd returns, with a warning that would repeat at every
+    # ODE evaluation; it is not passed on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Output seems independent of input", category=UserWarning)
+        vjp, value = make_vjp(lambda z: f(z, t))(x)
     if onp.shape(value) != onp.shape(x):
         raise ValueError(f"f: expected f(x, t) of shape {onp.shape(x)} (the shape of x), got {onp.shape(value)}")
     return vjp, value
@@ -139,7 +146,7 @@ def draw_probes(rng, shape, probe="rademacher"):
     return rng.choice(onp.array([-1.0, 1.0]), size=shape)
 
 
-def divergence_hutchinson(f, x, t, rng=None, n_probes=1, probe="rademacher", eps=None):
+def divergence_hutchinson(f, x, t, rng=None, n_probes=None, probe="rademacher", eps=None):
     """Hutchinson's unbiased estimate of ∇·f: the mean over probes of εᵀ (∂f/∂x) ε, shape (n,).
 
     Parameters
@@ -149,9 +156,11 @@ def divergence_hutchinson(f, x, t, rng=None, n_probes=1, probe="rademacher", eps
     t : float in [0, 1]
     rng : numpy.random.Generator, optional
         Draws ``n_probes`` probes per point; needed unless ``eps`` is given.
-    n_probes : int
+    n_probes : int, optional
+        Probes per point, 1 by default; with ``eps`` it is eps's K, and if given must
+        equal it.
     probe : {'rademacher', 'gaussian'}
-    eps : array, shape (n_probes, n, d) or (n, d), optional
+    eps : array, shape (K, n, d) with K ≥ 1, or (n, d), optional
         FIXED probes. Inside one ODE solve the probe must be held fixed, otherwise
         the right-hand side is a different function at every evaluation
         (derivations/06-cnf.md (CNF.9)); ``fm_ref.cnf.CNF.log_prob`` passes it here.
@@ -169,16 +178,20 @@ def divergence_hutchinson(f, x, t, rng=None, n_probes=1, probe="rademacher", eps
 
 def _probes(x, rng, n_probes, probe, eps):
     """Validate or draw the probes; returns shape (n_probes, n, d)."""
+    if n_probes is not None:
+        n_probes = as_positive_int(n_probes, "n_probes")
     if eps is None:
         if rng is None:
             raise TypeError("rng: expected a numpy.random.Generator to draw probes (or pass eps), got None")
-        n_probes = as_positive_int(n_probes, "n_probes")
-        return draw_probes(rng, (n_probes,) + x.shape, probe)
+        return draw_probes(rng, (n_probes or 1,) + x.shape, probe)
     eps = as_float_array(eps, "eps")
     if eps.shape == x.shape:
         eps = eps[None]
-    if eps.ndim != 3 or eps.shape[1:] != x.shape:
-        raise ValueError(f"eps: expected shape (n_probes, {x.shape[0]}, {x.shape[1]}) or {x.shape}, got {eps.shape}")
+    if eps.ndim != 3 or eps.shape[1:] != x.shape or eps.shape[0] < 1:
+        raise ValueError(f"eps: expected shape (K, {x.shape[0]}, {x.shape[1]}) with K >= 1, or {x.shape}, "
+                         f"got {eps.shape}")
+    if n_probes is not None and n_probes != eps.shape[0]:
+        raise ValueError(f"n_probes: expected {eps.shape[0]}, the number of probes in eps, or None; got {n_probes}")
     return eps
 
 
