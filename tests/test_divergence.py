@@ -197,6 +197,9 @@ def test_fixed_probes_give_a_deterministic_estimate(seed, probe):
     J = jacobian(nonlinear_field, pts, 0.2)
     direct = np.mean(np.einsum("knd,nde,kne->kn", eps, J, eps), axis=0)
     assert np.array_equal(a, b) and rel_err(a, direct) <= CLOSED_RTOL
+    # one probe given as (n, d) is the same as (1, n, d)
+    single = divergence_hutchinson(nonlinear_field, pts, 0.2, eps=eps[0])
+    assert np.array_equal(single, divergence_hutchinson(nonlinear_field, pts, 0.2, eps=eps[:1], n_probes=1))
 
 
 def test_probes_have_zero_mean_unit_variance_and_the_right_support():
