@@ -123,6 +123,8 @@ class Flow(Layer):
             layer = self.layers[k]
             if isinstance(layer, ElementwiseAffine):
                 new[k] = layer.data_init(h)
+            elif isinstance(layer, Flow):  # a nested flow initialises its own layers
+                new[k] = layer.data_init(new[k], h)
             h, _ = layer._inverse(new[k], h)
         return new
 

@@ -76,7 +76,8 @@ def _solve_planar(sp, y):
             inside = onp.isfinite(newton) & (newton > lo) & (newton < hi)
             a_new = onp.where(inside, newton, 0.5 * (lo + hi))
             a_new = onp.where(done | (f == 0), a, a_new)
-            done = done | (f == 0) | (onp.abs(a_new - a) <= ROOT_TOL * (1.0 + onp.abs(a)))
+            # relative: the root is ≈ y/(1 + m) for large m, far below any absolute tolerance
+            done = done | (f == 0) | (onp.abs(a_new - a) <= ROOT_TOL * onp.abs(a_new)) | (hi - lo <= 0)
             a = a_new
             if onp.all(done):
                 return a
@@ -120,8 +121,10 @@ class Planar(Layer):
 
     Inverse: a solves a + m tanh(a) = wᵀx + b (``planar_root``, to ROOT_TOL), and
     z = x − û tanh(a). A rounding of wᵀx + b moves the root by itself times
-    κ = 1/F'(a) ≤ max(1, 1/softplus(wᵀu)), so round trips are accurate to ~ε·κ: exact to
-    rounding for wᵀu ≥ 0.55, looser as wᵀu → −∞ (the inverse is ill-conditioned there).
+    κ = 1/F'(a) ≤ max(1, 1/softplus(wᵀu)), so round trips are accurate to ~ε·κ: to the
+    rounding of x, ~ε(1 + ‖x‖), for wᵀu ≥ 0.55, looser as wᵀu → −∞ (the inverse is
+    ill-conditioned there). The root solve stops on a relative step, so a huge wᵀu
+    (a root ≈ y/wᵀu) is still solved to full relative accuracy.
 
     ``identity_params()``: w = e₁, u = log(e − 1) e₁, b = 0, so m = 0, û = 0 (to
     rounding, |û| ≲ 1e-16). ``init(rng)`` is the same with w ~ N(0, I/d) random.
@@ -142,8 +145,12 @@ class Planar(Layer):
 
     def check_params(self, params):
         super().check_params(params)
-        if not onp.any(getval(params[0])):
+        w = onp.asarray(getval(params[0]), dtype=onp.float64)
+        if not onp.any(w):
             raise ValueError("params: the planar w must be non-zero (û divides by ‖w‖²)")
+        if w @ w < onp.finfo(onp.float64).tiny:  # subnormal or underflowed: û loses its digits
+            raise ValueError(f"params: the planar ‖w‖² = {w @ w:.3g} is below the smallest normal float64 "
+                             f"(û divides by it); rescale w")
 
     def u_hat(self, params):
         """û = u + (m(wᵀu) − wᵀu) w/‖w‖², shape (d,), and softplus(wᵀu) = 1 + wᵀû.

@@ -22,9 +22,18 @@ from ._validate import as_generator, as_points, as_positive_int, as_time
 __all__ = ["MLP", "ACTIVATIONS"]
 
 
+@primitive
+def _tanh(a):
+    """tanh, with the derivative 1 − tanh² (autograd's own, 1/cosh², overflows for |a| > 355)."""
+    return onp.tanh(a)
+
+
+defvjp(_tanh, lambda ans, a: lambda g: g * (1.0 - ans * ans))
+
+
 def _sigmoid(a):
-    # 1/(1 + e^{-a}) written with tanh: no overflow for large |a|.
-    return 0.5 * (1.0 + np.tanh(0.5 * a))
+    # 1/(1 + e^{-a}) written with tanh: no overflow for large |a|, in value or derivative.
+    return 0.5 * (1.0 + _tanh(0.5 * a))
 
 
 def _swish(a):
@@ -42,15 +51,6 @@ def _softplus(a):
 
 def _d_softplus(a):
     return _sigmoid(a)
-
-
-@primitive
-def _tanh(a):
-    """tanh, with the derivative 1 − tanh² (autograd's own, 1/cosh², overflows for |a| > 355)."""
-    return onp.tanh(a)
-
-
-defvjp(_tanh, lambda ans, a: lambda g: g * (1.0 - ans * ans))
 
 
 def _d_tanh(a):

@@ -200,6 +200,39 @@ def test_data_init_standardises_the_data():
     assert np.max(np.abs(z.mean(axis=0))) <= 1e-12 and np.max(np.abs(z.std(axis=0) - 1.0)) <= 1e-12
 
 
+def test_data_init_walks_through_the_inverses_and_into_nested_flows():
+    """NF.6 for an ElementwiseAffine BELOW a non-identity layer, and one inside a nested
+    Flow: each standardises the data as it reaches that layer (pulled back through the
+    layers above it), so its output z has mean 0 and standard deviation 1."""
+    rng = np.random.default_rng(1)
+    x = rng.normal([3.0, -1.0], [2.0, 0.5], (500, 2))
+    above = Planar(2)
+    inner = Flow([Planar(2), ElementwiseAffine(2)])
+    flow = Flow([ElementwiseAffine(2), above])
+    nested = Flow([inner, Reverse(2)])
+    for f in (flow, nested):
+        params = f.data_init(f.init(rng), x)
+        assert not all(np.all(leaf == 0) for leaf in (params[0] if f is flow else params[0][1]))
+    params = flow.data_init(flow.init(rng), x)
+    h, _ = above.inverse_and_log_det(params[1], x)  # what reaches the affine layer
+    z, _ = flow.layers[0].inverse_and_log_det(params[0], h)
+    assert np.max(np.abs(z.mean(axis=0))) <= 1e-12 and np.max(np.abs(z.std(axis=0) - 1.0)) <= 1e-12
+    params = nested.data_init(nested.init(rng), x)
+    h, _ = Reverse(2).inverse_and_log_det(params[1], x)
+    z, _ = inner.layers[1].inverse_and_log_det(params[0][1], h)
+    assert np.max(np.abs(z.mean(axis=0))) <= 1e-12 and np.max(np.abs(z.std(axis=0) - 1.0)) <= 1e-12
+
+
+def test_planar_root_is_relatively_accurate_for_a_huge_w_dot_u():
+    """NF.18: for m = wᵀû ≫ 1 the root is ≈ y/(1 + m), below any absolute tolerance; the
+    relative stopping rule solves it to full relative accuracy (an absolute rule returned
+    0 at m = 1e50 and 1.7e-4 relative error at 1e30)."""
+    y = np.array([-0.7, 0.3, 2.0])
+    for m in (1e8, 1e20, 1e30, 1e50):
+        a = planar_root(m + 1.0, y)  # sp = softplus(wᵀu) = 1 + m
+        assert np.max(np.abs(a * (1.0 + m) - y) / np.abs(y)) <= 1e-14
+
+
 # ------------------------------------------------------------------ root solves
 
 @given(st.floats(-6.0, 6.0), st.lists(st.floats(-50.0, 50.0), min_size=1, max_size=5))
@@ -306,13 +339,13 @@ def test_layer_bad_input_raises_naming_the_argument(kind):
     layer = make_flow_layer(kind, 2, np.random.default_rng(0))
     params = layer.identity_params()
     for method, name in ((layer.forward_and_log_det, "z"), (layer.inverse_and_log_det, "x")):
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=rf"^{name}:"):
             method(params, np.zeros((3, 3)))             # wrong dimension
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=rf"^{name}:"):
             method(params, np.zeros(2))                  # not (n, d)
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=rf"^{name}:"):
             method(params, np.array([[0.0, np.nan]]))    # non-finite
-        with pytest.raises(TypeError, match=name):
+        with pytest.raises(TypeError, match=rf"^{name}:"):
             method(params, np.zeros((1, 2), dtype=int))  # integer input
         with pytest.raises(TypeError, match="params"):
             method([params], np.zeros((1, 2)))           # wrong structure
@@ -354,9 +387,12 @@ def test_constructor_errors_name_the_argument():
 def test_planar_zero_w_and_overflow_raise():
     with pytest.raises(ValueError, match="params"):
         Planar(2).forward_and_log_det((np.zeros(2), np.ones(2), np.array(0.0)), np.zeros((1, 2)))
+    for tiny in (1e-160, 1e-170):  # ‖w‖² subnormal (û inaccurate) or underflowed to 0
+        with pytest.raises(ValueError, match=r"^params:.*‖w‖²"):
+            Planar(2).forward_and_log_det((np.array([tiny, 0.0]), np.ones(2), np.array(0.0)), np.zeros((1, 2)))
     with pytest.raises((FloatingPointError, ValueError)):
         ElementwiseAffine(1).forward_and_log_det((np.array([800.0]), np.array([0.0])), np.ones((1, 1)))
-    with pytest.raises(ValueError, match="x"):
+    with pytest.raises(ValueError, match=r"^x:"):
         ElementwiseAffine(2).data_init(np.ones((5, 2)))
-    with pytest.raises(ValueError, match="x"):
+    with pytest.raises(ValueError, match=r"^x:"):
         ElementwiseAffine(2).data_init(np.ones((1, 2)))

@@ -106,6 +106,10 @@ def test_forward_stays_finite_for_saturated_activations():
         v, jac = mlp.value_and_jacobian(params, x, 0.5)
         assert np.all(np.isfinite(v)) and np.all(np.isfinite(jac))
         assert rel_err(v, hand_forward(mlp, params, x, 0.5)) <= FORWARD_RTOL
+        # and reverse mode through the saturated units (training, the adjoint): sigmoid
+        # is built on tanh, whose derivative is 1 − tanh², not autograd's 1/cosh²
+        g = autograd.grad(lambda p: autograd.numpy.sum(mlp.value_and_divergence(p, x, 0.5)[1]))(params)
+        assert all(np.all(np.isfinite(leaf)) for pair in g for leaf in pair)
 
 
 # -------------------------------------------------------------- Jacobian, trace
