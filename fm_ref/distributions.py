@@ -17,38 +17,61 @@ from .toy import TOY_DATASETS, make_toy
 __all__ = ["StandardNormal", "GaussianMixture", "Empirical", "make_toy", "TOY_DATASETS"]
 
 LOG_2PI = float(onp.log(2.0 * onp.pi))
-# Relative asymmetry (and negative eigenvalue) tolerated in a covariance: far below any
-# meaningful asymmetry, far above the rounding of a matrix built as A Aᵀ.
+# Relative asymmetry (and negative eigenvalue) tolerated in a full covariance, relative to
+# that component's own max|Σ_k|: far below any meaningful asymmetry, far above the
+# rounding of a matrix built as A Aᵀ.
 _SYM_RTOL = 1e-10
-# |eigenvalue| below EIG_ULPS · d · ε · max|Σ| is rounding noise of eigh and set to 0.
+# An eigenvalue of a full Σ_k below EIG_ULPS · d · ε · max|Σ_k| is within eigh's rounding
+# error of 0 (its absolute error is a few ε‖Σ_k‖), so it is set to 0.
 _EIG_ULPS = 16.0
 
 
 def _check_covs(covs, k, d):
-    """Bring covariances to shape (k, d, d) and check symmetric positive semi-definite."""
+    """Bring covariances to shape (k, d, d), check them symmetric positive semi-definite,
+    and return (full, eigenvalues (k, d), eigenvectors (k, d, d)).
+
+    Isotropic and diagonal input, and full matrices that are exactly diagonal, keep their
+    variances exactly as eigenvalues (U = I: no eigh, so no rounding and no cutoff: a
+    variance of 1e-300 stays 1e-300). Other full matrices go through eigh, each checked
+    and cut off on its own scale max|Σ_k|."""
     covs = as_float_array(covs, "covs")
     if covs.shape == (k,):
-        full = covs[:, None, None] * onp.eye(d)[None]
+        variances = onp.repeat(covs[:, None], d, axis=1)
     elif covs.shape == (k, d):
-        full = covs[:, :, None] * onp.eye(d)[None]
+        variances = covs
     elif covs.shape == (k, d, d):
-        full = covs
+        variances = None
     else:
         raise ValueError(
             f"covs: expected shape ({k}, {d}, {d}) (full), ({k}, {d}) (diagonal) or ({k},) "
             f"(isotropic) for {k} components in d = {d}, got {covs.shape}"
         )
-    scale = max(float(onp.max(onp.abs(full))), 1.0)
-    if onp.max(onp.abs(full - onp.swapaxes(full, 1, 2))) > _SYM_RTOL * scale:
-        raise ValueError("covs: expected symmetric matrices, got an asymmetric covariance")
-    full = 0.5 * (full + onp.swapaxes(full, 1, 2))
-    lam, U = onp.linalg.eigh(full)
-    if onp.min(lam) < -_SYM_RTOL * scale:
-        raise ValueError(
-            f"covs: expected positive semi-definite matrices, got an eigenvalue {onp.min(lam):.3g}"
-        )
-    noise = _EIG_ULPS * d * onp.finfo(onp.float64).eps * float(onp.max(onp.abs(full)))
-    lam = onp.where(lam < noise, 0.0, lam)
+    if variances is not None:
+        if onp.any(variances < 0):
+            raise ValueError(f"covs: expected non-negative variances, got {float(onp.min(variances)):.3g}")
+        full = variances[:, :, None] * onp.eye(d)[None]
+        return full, variances.copy(), onp.broadcast_to(onp.eye(d), (k, d, d)).copy()
+    full = covs.copy()
+    lam = onp.empty((k, d))
+    U = onp.empty((k, d, d))
+    for j in range(k):
+        S = full[j]
+        scale = float(onp.max(onp.abs(S)))
+        if onp.max(onp.abs(S - S.T)) > _SYM_RTOL * scale:
+            raise ValueError(f"covs: expected symmetric matrices, got an asymmetric covariance (component {j})")
+        S = 0.5 * (S + S.T)
+        full[j] = S
+        if not onp.any(S - onp.diag(onp.diag(S))):  # exactly diagonal: exact eigenvalues
+            lam[j], U[j] = onp.diag(S), onp.eye(d)
+            if onp.any(lam[j] < 0):
+                raise ValueError(f"covs: expected positive semi-definite matrices, got an eigenvalue "
+                                 f"{float(onp.min(lam[j])):.3g} (component {j})")
+            continue
+        lam[j], U[j] = onp.linalg.eigh(S)
+        if onp.min(lam[j]) < -_SYM_RTOL * scale:
+            raise ValueError(f"covs: expected positive semi-definite matrices, got an eigenvalue "
+                             f"{float(onp.min(lam[j])):.3g} (component {j})")
+        lam[j] = onp.where(lam[j] < _EIG_ULPS * d * onp.finfo(onp.float64).eps * scale, 0.0, lam[j])
     return full, lam, U
 
 
@@ -117,8 +140,13 @@ class GaussianMixture:
                 "t: the distribution is degenerate here (σ_t = 0 and a component covariance "
                 "is singular), so it has no density; use t < 1 or a path with sigma_min > 0"
             )
-        zc = z / c
-        log_norm = -0.5 * np.sum(z * zc, axis=2) - 0.5 * np.sum(np.log(c), axis=2)
+        with onp.errstate(over="ignore"):  # reported below, by name, instead of as NaN later
+            zc = z / c
+            quad = np.sum(z * zc, axis=2)
+        if not onp.all(onp.isfinite(getval(quad))):
+            raise ValueError("x: a point is so far from the mixture, relative to its spread at this t, that "
+                             "its squared Mahalanobis distance overflows float64")
+        log_norm = -0.5 * quad - 0.5 * np.sum(np.log(c), axis=2)
         log_joint = self.log_weights[None, :] + log_norm - 0.5 * self.dim * LOG_2PI
         prec_diff = np.einsum("nke,kde->nkd", zc, self.eigvecs)
         cov_prec_diff = np.einsum("nke,kde->nkd", self.eigvals[None] * zc, self.eigvecs)

@@ -225,7 +225,9 @@ class CondOT(AffinePath):
         return t
 
     def _sigma(self, t):
-        return 1.0 - (1.0 - self.sigma_min) * t
+        # (1 − t) + σ_min t, not 1 − (1 − σ_min) t: σ₁ = σ_min exactly, and no cancellation
+        # near t = 1 (the latter has relative error ~ε/σ_min there)
+        return (1.0 - t) + self.sigma_min * t
 
     def _d_alpha(self, t):
         return 1.0 + 0.0 * t
@@ -250,7 +252,7 @@ class VP(AffinePath):
 
     def __init__(self, beta_min=0.1, beta_max=20.0):
         self.beta_min = as_finite_float(beta_min, "beta_min", lo=0.0, lo_open=True)
-        self.beta_max = as_finite_float(beta_max, "beta_max", lo=self.beta_min, lo_open=True)
+        self.beta_max = as_finite_float(beta_max, "beta_max", lo=self.beta_min)  # = beta_min: a constant rate
 
     def _T(self, t):
         s = 1.0 - t
@@ -340,7 +342,11 @@ class Polynomial(AffinePath):
         return t**self.n
 
     def _sigma(self, t):
-        return 1.0 - t**self.n
+        # 1 − tⁿ cancels near t = 1 (relative error ~ε/(1 − t)); there −expm1(n log1p(t − 1))
+        # is accurate to a few ulps (t − 1 is exact for t ≥ ½). Both branches are finite
+        # everywhere (log1p's argument is clipped), so np.where is safe under autograd.
+        near_one = -np.expm1(self.n * np.log1p(-np.minimum(1.0 - t, 0.5)))
+        return np.where(t > 0.5, near_one, 1.0 - t**self.n)
 
     def _d_alpha(self, t):
         return self.n * t ** (self.n - 1.0)

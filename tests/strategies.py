@@ -41,17 +41,28 @@ def paths(draw, sigma_min_positive=False):
 @st.composite
 def mixtures(draw, dim=None, k_max=3, allow_empirical=True, min_var=0.0):
     """A Gaussian mixture with random means, full/diagonal/isotropic covariances and
-    weights, or an empirical set (point masses), from an explicit seed."""
+    weights, or an empirical set (point masses), from an explicit seed. Where singular
+    covariances are allowed (allow_empirical, min_var = 0) also a "mixed" target: a
+    rank-deficient full covariance, a point mass and a component of another scale
+    (variances 1e-6 or 1e2) side by side, one weight possibly zero."""
     d = draw(dims) if dim is None else dim
     k = draw(st.integers(1, k_max))
     rng = np.random.default_rng(draw(seeds))
     means = rng.normal(0.0, 1.5, (k, d))
     raw_w = rng.uniform(0.2, 1.0, k)
     weights = raw_w / raw_w.sum()
-    form = draw(st.sampled_from(["full", "diag", "iso", "empirical"] if allow_empirical and min_var == 0.0
+    singular_ok = allow_empirical and min_var == 0.0
+    form = draw(st.sampled_from(["full", "diag", "iso", "empirical", "mixed"] if singular_ok
                                 else ["full", "diag", "iso"]))
     if form == "empirical":
         return Empirical(means, weights)
+    if form == "mixed":
+        v = rng.normal(0.0, 1.0, (d, 1))
+        kinds = [0.5 * v @ v.T, np.zeros((d, d)), draw(st.sampled_from([1e-6, 1e2])) * np.eye(d)]
+        covs = np.stack([kinds[j % 3] for j in range(k)])
+        if k >= 2 and draw(st.booleans()):
+            raw_w[-1] = 0.0
+        return GaussianMixture(means, covs, raw_w / raw_w.sum())
     if form == "full":
         A = rng.normal(0.0, 1.0, (k, d, d))
         covs = 0.3 * A @ np.swapaxes(A, 1, 2) / d + (min_var + 0.05) * np.eye(d)

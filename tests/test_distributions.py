@@ -121,8 +121,52 @@ def test_isotropic_diagonal_and_full_covariances_agree(d, k, seed):
 
 def test_a_singular_component_has_no_density():
     q = GaussianMixture([[0.0, 0.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 0.0]])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^covs:.*singular"):
         q.log_prob(np.zeros((1, 2)))
+
+
+def test_small_variances_are_kept_exactly_and_each_covariance_has_its_own_scale():
+    """Diagonal input (and a full matrix that is exactly diagonal) keeps its variances as
+    they are: 1e-13 next to 1e4 is a density, not a point mass. A full, non-diagonal Σ_k is
+    cut off on its own scale, so a component of size 1e-13 next to one of size 1e4 keeps
+    its eigenvalues. Both against scipy (an independent route)."""
+    q = GaussianMixture([[0.0], [1.0]], [1e4, 1e-13], [0.5, 0.5])
+    assert q.eigvals[1, 0] == 1e-13
+    want = logsumexp([norm(0.0, 1e2).logpdf(1.0), norm(1.0, np.sqrt(1e-13)).logpdf(1.0)]) + np.log(0.5)
+    assert abs(q.log_prob(np.array([[1.0]]))[0] - want) <= LOGPDF_RTOL * abs(want)
+    a = GaussianMixture([[0.0, 0.0]], [[1.0, 1e-15]])
+    b = GaussianMixture([[0.0, 0.0]], np.diag([1.0, 1e-15])[None])
+    x = np.array([[0.3, 2e-8]])
+    assert a.log_prob(x)[0] == b.log_prob(x)[0]
+    want = norm(0.0, 1.0).logpdf(0.3) + norm(0.0, np.sqrt(1e-15)).logpdf(2e-8)  # independent coordinates
+    assert abs(a.log_prob(x)[0] - want) <= LOGPDF_RTOL * abs(want)
+    small = 1e-13 * np.array([[1.0, 0.5], [0.5, 1.0]])
+    big = 1e4 * np.array([[1.0, 0.3], [0.3, 2.0]])
+    q = GaussianMixture([[0.0, 0.0], [5.0, 5.0]], np.stack([small, big]))
+    assert np.all(q.eigvals[0] > 0)
+    y = np.array([[1e-7, -2e-7]])
+    want = logsumexp([multivariate_normal([0, 0], small).logpdf(y), multivariate_normal([5, 5], big).logpdf(y)]) \
+        + np.log(0.5)
+    assert abs(q.log_prob(y)[0] - want) <= 1e-9 * abs(want)
+
+
+def test_covariance_checks_are_relative_to_each_component():
+    """A negative variance, a tiny asymmetric matrix and a tiny indefinite one are refused
+    whatever their absolute size (an absolute tolerance let all three through)."""
+    for covs in ([[1e-12, -5e-11]], [[[1e-12, 5e-11], [0.0, 1e-12]]], [[[1e-12, 5e-12], [5e-12, 1e-12]]]):
+        with pytest.raises(ValueError, match=r"^covs:"):
+            GaussianMixture([[0.0, 0.0]], covs)
+
+
+def test_a_point_too_far_to_score_raises_by_name():
+    """Past |x| ~ 1e154 σ the squared distance overflows; the answer would be −inf and NaN
+    scores, so it raises, naming x."""
+    from fm_ref.marginal import marginal_score
+    from fm_ref.paths import CondOT
+
+    q = GaussianMixture([[0.0, 0.0]], [1.0])
+    with pytest.raises(ValueError, match=r"^x:.*overflows"):
+        marginal_score(q, CondOT(), np.array([[1e160, 0.0]]), 0.5)
 
 
 def test_float32_input_is_converted_to_float64():
