@@ -12,10 +12,18 @@ __all__ = ["adam", "tree_map", "tree_flatten", "train_cfm"]
 
 
 def tree_map(fn, *trees):
-    """Apply ``fn`` leafwise over matching nested lists/tuples of arrays."""
+    """Apply ``fn`` leafwise over matching nested lists/tuples of arrays (plain lists and
+    tuples: a namedtuple is rebuilt as its fields, positionally). Trees of different
+    structure raise ``ValueError`` (zip would silently drop the extra leaves)."""
     first = trees[0]
     if isinstance(first, (list, tuple)):
-        return type(first)(tree_map(fn, *children) for children in zip(*trees))
+        if any(not isinstance(t, (list, tuple)) or len(t) != len(first) for t in trees[1:]):
+            raise ValueError(f"trees: expected matching structures, got lengths "
+                             f"{[len(t) if isinstance(t, (list, tuple)) else 'leaf' for t in trees]}")
+        children = [tree_map(fn, *c) for c in zip(*trees)]
+        return type(first)(*children) if hasattr(first, "_fields") else type(first)(children)
+    if any(isinstance(t, (list, tuple)) for t in trees[1:]):
+        raise ValueError("trees: expected matching structures, got a leaf against a list/tuple")
     return fn(*trees)
 
 
@@ -37,7 +45,8 @@ def _leaves(tree):
 def _rebuild(tree, leaves):
     """A pytree shaped like ``tree`` holding ``leaves`` (consumed from an iterator)."""
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_rebuild(child, leaves) for child in tree)
+        children = [_rebuild(child, leaves) for child in tree]
+        return type(tree)(*children) if hasattr(tree, "_fields") else type(tree)(children)
     return next(leaves)
 
 
@@ -64,6 +73,9 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
     """
     steps = as_positive_int(steps, "steps")
     lr = as_finite_float(lr, "lr", lo=0.0, lo_open=True)
+    b1 = as_finite_float(b1, "b1", lo=0.0, hi=1.0, hi_open=True)  # b1 = 1 divides by 1 − b1ᵏ = 0
+    b2 = as_finite_float(b2, "b2", lo=0.0, hi=1.0, hi_open=True)
+    eps = as_finite_float(eps, "eps", lo=0.0)
     theta = [onp.array(leaf, dtype=onp.float64) for leaf in _leaves(params)]
     m = [onp.zeros_like(leaf) for leaf in theta]
     v = [onp.zeros_like(leaf) for leaf in theta]
@@ -74,7 +86,11 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
             raise FloatingPointError(f"adam: the loss became {loss} at step {i}; lower lr")
         losses[i] = loss
         c1, c2 = 1.0 - b1 ** (i + 1), 1.0 - b2 ** (i + 1)
-        for j, g_j in enumerate(_leaves(g)):
+        grads = list(_leaves(g))
+        if len(grads) != len(theta) or any(onp.shape(g_j) != t_j.shape for g_j, t_j in zip(grads, theta)):
+            raise ValueError(f"loss_and_grad: expected a gradient shaped like params ({len(theta)} leaves of shapes "
+                             f"{[t_j.shape for t_j in theta]}), got {[onp.shape(g_j) for g_j in grads]}")
+        for j, g_j in enumerate(grads):
             m[j] *= b1
             m[j] += (1.0 - b1) * g_j
             v[j] *= b2
@@ -127,6 +143,8 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
     batch = as_positive_int(batch, "batch")
     if hasattr(data, "sample"):
         source = data
+        if getattr(data, "dim", mlp.dim) != mlp.dim:
+            raise ValueError(f"data: expected a distribution in dimension {mlp.dim} (the MLP's), got {data.dim}")
     else:
         points = as_points(data, "data", dim=mlp.dim)
         source = _Rows(points)

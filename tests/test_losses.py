@@ -219,9 +219,9 @@ def test_bad_input_names_the_argument():
     t, x_0, x_1 = np.full(3, 0.5), np.zeros((3, 2)), np.ones((3, 2))
     with pytest.raises(ValueError, match="x_1"):
         cfm_loss(model, params, path, t, x_0, np.ones((4, 2)))
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t:"):
         cfm_loss(model, params, path, np.full(4, 0.5), x_0, x_1)
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t:"):
         cfm_loss(model, params, path, np.full(3, 1.5), x_0, x_1)
     with pytest.raises(TypeError, match="path"):
         cfm_loss(model, params, "condot", t, x_0, x_1)
@@ -238,10 +238,30 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="t_max"):
         fm_loss_quadrature(model, params, path, target, t_max=0.0)
     with pytest.raises(ValueError, match="t_max"):  # σ'² of VP is not integrable up to t = 1
-        fm_loss_quadrature(model, params, VP(), target, n_t=2, n_x=4)
+        fm_loss_quadrature(model, params, VP(), target, n_t=2, n_x=12)
     with pytest.raises(ValueError, match="t_max"):
         conditional_energy(CondOT(), target, t_min=0.5, t_max=0.5)
     with pytest.raises(TypeError, match="rng"):
         sample_training_batch(target, 3, 0)
     with pytest.raises(TypeError, match="velocity"):
         fm_loss(model, params, path, target, t, x_0, x_1, velocity=3)
+    # outputs of the wrong shape would broadcast into a wrong number: refused by name
+    with pytest.raises(ValueError, match=r"^model:"):
+        cfm_loss(lambda p, x, s: x[:, :1], params, path, t, x_0, x_1)
+    with pytest.raises(ValueError, match=r"^velocity:"):
+        fm_loss(model, params, path, target, t, x_0, x_1, velocity=lambda x, s: x[:, 0])
+    with pytest.raises(ValueError, match=r"^n_x:"):  # below 12 the rule's weights are off by > 2e-4
+        cfm_loss_quadrature(model, params, path, target, n_x=8)
+
+
+def test_the_fm_rule_is_sized_by_its_own_node_count():
+    """The FM rule has k·n_xᵈ nodes per t node, the CFM rule n_xᵈ·k·n_xᵈ: a 3-D FM
+    quadrature that the CFM count would refuse runs, and its weights sum to the t-range
+    (to the trapezoid rule's error, < 1e-15 at n_x = 24)."""
+    from fm_ref.losses import fm_quadrature_nodes
+
+    target = GaussianMixture(np.zeros((2, 3)), np.ones(2))
+    t, x, w = fm_quadrature_nodes(CondOT(0.01), target, n_t=2, n_x=24, t_max=0.5)
+    assert x.shape == (2 * 2 * 24**3, 3) and abs(w.sum() - 0.5) <= 1e-14
+    with pytest.raises(ValueError, match=r"^n_x:"):  # the CFM rule at the same size: 1.6e9 nodes
+        cfm_quadrature_nodes(CondOT(0.01), target, n_t=2, n_x=24, t_max=0.5)

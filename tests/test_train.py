@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fm_ref.distributions import make_toy
+from fm_ref.distributions import GaussianMixture, make_toy
 from fm_ref.losses import cfm_loss_quadrature
 from fm_ref.nn import MLP
 from fm_ref.paths import VP, CondOT
@@ -68,3 +68,28 @@ def test_bad_input_names_the_argument():
         adam(lambda p, s: (0.0, p), [np.zeros(1)], 2, lr=-1.0)
     with pytest.raises(FloatingPointError, match="loss"):
         adam(lambda p, s: (np.nan, p), [np.zeros(1)], 2)
+    for bad in (dict(b1=1.0), dict(b2=1.0), dict(b1=-0.5), dict(b2=1.5), dict(eps=-1.0)):
+        with pytest.raises(ValueError, match=rf"^{next(iter(bad))}:"):
+            adam(lambda p, s: (0.0, p), [np.zeros(1)], 2, **bad)
+    with pytest.raises(ValueError, match=r"^loss_and_grad:"):  # a leaf missing from the gradient
+        adam(lambda p, s: (0.0, p[:1]), [np.zeros(1), np.zeros(2)], 2)
+    with pytest.raises(ValueError, match=r"^loss_and_grad:"):  # a (1,) gradient for a (3,) leaf
+        adam(lambda p, s: (0.0, [np.zeros(1)]), [np.zeros(3)], 2)
+    with pytest.raises(ValueError, match=r"^data:"):  # a 1-D distribution for a 2-D MLP
+        train_cfm(mlp, CondOT(), GaussianMixture(np.zeros((1, 1)), np.ones(1)), 2, np.random.default_rng(0))
+
+
+def test_tree_map_refuses_mismatched_trees_and_keeps_namedtuples():
+    from collections import namedtuple
+
+    from fm_ref.train import tree_map
+
+    with pytest.raises(ValueError, match=r"^trees:"):
+        tree_map(lambda a, b: a + b, [np.zeros(1), np.zeros(1)], [np.zeros(1)])
+    with pytest.raises(ValueError, match=r"^trees:"):
+        tree_map(lambda a, b: a + b, [np.zeros(1)], [[np.zeros(1)]])
+    Pair = namedtuple("Pair", "w b")
+    out = tree_map(lambda a: 2 * a, Pair(np.ones(2), np.ones(1)))
+    assert isinstance(out, Pair) and np.array_equal(out.w, [2.0, 2.0])
+    params, _ = adam(lambda p, s: (0.0, tree_map(np.zeros_like, p)), [Pair(np.ones(2), np.ones(1))], 2)
+    assert isinstance(params[0], Pair)
