@@ -41,8 +41,12 @@ CONVENTIONS = {
     "time": "t in [0, 1]; t = 0 is the noise x_0 ~ N(0, I), t = 1 is the data x_1 ~ q",
     "path": "x_t = sigma_t x_0 + alpha_t x_1",
     "arrays": "batch first: points (n, d); t either a number or (n,), one time per point",
-    "mlp": "input [x, t] (then sin/cos(2 pi k t), k = 1..K); h = act(h W + b); last layer affine; "
+    "mlp": "input h_0 = [x, t, sin(2 pi k t) for k = 1..K, cos(2 pi k t) for k = 1..K] (all sines, then "
+           "all cosines; [x, t] when K = 0); h = act(h W + b) for each hidden layer; the last layer affine; "
            "W of shape (fan_in, fan_out)",
+    "activations": "tanh; softplus(a) = log(1 + exp(a)); swish(a) = a / (1 + exp(-a))",
+    "log_det": "forward_log_det = log|det dx/dz| at the pair (z, x = f(z)); inverse_log_det = "
+               "log|det dz/dx| = -log|det dx/dz| at the pair (f^-1(x), x)",
     "pass": "|got - ref| <= abs + rel * |ref| for every element",
 }
 

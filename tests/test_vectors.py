@@ -14,11 +14,11 @@ import pytest
 from autograd import elementwise_grad, grad, jacobian
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.integrate import solve_ivp
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from fm_ref import vectors
-from fm_ref.cnf import CNF
 from strategies import seeds
 
 COMMITTED = pathlib.Path(__file__).parent / "data" / "vectors.json"
@@ -163,18 +163,48 @@ def _own_outputs(case):
         z_inv = _newton_inverse(f, x)
         return {"forward_x": np.stack([f(zi) for zi in z]), "forward_log_det": _slogdets(f, z),
                 "inverse_z": z_inv, "inverse_log_det": -_slogdets(f, z_inv)}
-    mlp, params = vectors.make_mlp(inp["mlp"]), vectors.params_from_json(inp["params"])
+    field = _own_mlp(inp["mlp"], inp["params"])  # from the file's conventions, not fm_ref's MLP
     if kind == "mlp_divergence":
         x, t = np.asarray(inp["x"]), np.asarray(inp["t"])
-        v = mlp.apply(params, x, t)
-        jac = np.stack([jacobian(lambda z: mlp.apply(params, z[None], t[i:i + 1])[0])(x[i]) for i in range(len(x))])
+        v = np.stack([field(x[i], t[i]) for i in range(len(x))])
+        jac = np.stack([jacobian(lambda z: field(z, t[i]))(x[i]) for i in range(len(x))])
         return {"v": v, "jacobian": jac, "divergence": np.trace(jac, axis1=1, axis2=2)}
     if kind == "cnf_log_prob":
-        # another solver (RK45, i.e. dopri5) and the autograd divergence route
-        res = CNF(lambda z, t: mlp.apply(params, z, t), mlp.dim, method="RK45", rtol=1e-10, atol=1e-10).log_prob(
-            np.asarray(inp["x"]))
-        return {"log_prob": res.log_prob, "x_0": res.x}
+        # scipy's RK45 (dopri5) on [x, ℓ] from t = 1 to 0, the divergence as the trace of the
+        # autograd Jacobian of the field above, the base N(0, I) at t = 0
+        x = np.asarray(inp["x"])
+        n, d = x.shape
+        div = lambda z, t: np.trace(jacobian(lambda y: field(y, t))(z))  # noqa: E731
+
+        def rhs(t, y):
+            z = y[:n * d].reshape(n, d)
+            return np.concatenate([np.stack([field(zi, t) for zi in z]).ravel(), [div(zi, t) for zi in z]])
+
+        sol = solve_ivp(rhs, (1.0, 0.0), np.concatenate([x.ravel(), np.zeros(n)]), method="RK45",
+                        rtol=1e-10, atol=1e-10)
+        x_0, ell = sol.y[:n * d, -1].reshape(n, d), sol.y[n * d:, -1]
+        return {"log_prob": multivariate_normal(np.zeros(d)).logpdf(x_0).reshape(n) + ell, "x_0": x_0}
     raise AssertionError(f"no second implementation for {kind}")
+
+
+_OWN_ACT = {"tanh": anp.tanh, "softplus": lambda a: anp.logaddexp(0.0, a),
+            "swish": lambda a: a / (1.0 + anp.exp(-a))}
+
+
+def _own_mlp(spec, params_json):
+    """v(z, t) for one point z, shape (d,), from the conventions in the file's header:
+    h₀ = [z, t, sin(2πkt) k = 1..K, cos(2πkt) k = 1..K], h = act(h W + b), last layer affine."""
+    layers = [(np.asarray(W), np.asarray(b)) for W, b in params_json]
+    act, K = _OWN_ACT[spec["activation"]], spec["time_features"]
+    k = 2.0 * np.pi * np.arange(1, K + 1)
+
+    def v(z, t):
+        h = anp.concatenate([z, anp.array([t]), anp.sin(k * t), anp.cos(k * t)])
+        for W, b in layers[:-1]:
+            h = act(anp.dot(h, W) + b)
+        return anp.dot(h, layers[-1][0]) + layers[-1][1]
+
+    return v
 
 
 def _softplus(a):
