@@ -273,13 +273,8 @@ def fm_quadrature_nodes(path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0):
     Returns
     -------
     t : shape (m,);  x : shape (m, d);  weights : shape (m,), summing to t_max − t_min
-    up to the trapezoid rule's error (as in ``cfm_quadrature_nodes``)
-
-    Accuracy: the defaults (n_t = 16, n_x = 12) are for a quick look, about 1e-3 relative
-    for a 2-D target; the x-rule's error falls like exp(−2π²(n_x − 1)²/256) and the t-rule's
-    like Gauss–Legendre's, so raise both until the result stops moving (the convergence
-    table of derivations/04-flow-matching.md (FM.5): 1e-8 and better from n_x ≈ 32). n_x is
-    at least 12; the node count is capped at 4·10⁶.
+    up to the trapezoid rule's error; accuracy, defaults and limits as in
+    ``cfm_quadrature_nodes``
 
     Derivation: derivations/04-flow-matching.md (FM.6)
     """
