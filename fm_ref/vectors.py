@@ -23,7 +23,6 @@ The cases themselves (inputs, reference outputs, tolerances) are built in
 Derivation: derivations/08-evaluation.md (EVAL.5) (EVAL.6)
 """
 import json
-import math
 
 import numpy as np
 

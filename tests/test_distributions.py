@@ -11,7 +11,7 @@ Derivation: derivations/03-mixture-marginals.md (MIX.1)
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal, norm

@@ -18,13 +18,13 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import elementwise_grad
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 
 from fm_ref.paths import KINDS, PATHS, VP, CondOT, Cosine, LinearVP, Polynomial
 from fm_ref.verify.foundation import residual_of_continuity
-from strategies import dims, fewer, interior_times, paths, points, seeds
+from strategies import dims, fewer, interior_times, paths, seeds
 
 # Closed forms written two ways (code vs the formulas here): rounding only, a few ulps
 # amplified by 1/(1 − e^{−T}) ≤ ~200 for VP near t = 0.98.

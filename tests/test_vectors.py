@@ -15,7 +15,6 @@ from autograd import elementwise_grad, grad, jacobian
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
-from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from fm_ref import vectors
