@@ -35,7 +35,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 if _NUMPY_WAS_LOADED and not _USER_SET_BLAS:  # too late for the variable: set it at run time
-    from fm_ref.bench_cnf import blas_threads
+    from fm_ref.bench.cnf import blas_threads
 
     blas_threads(1)
 

@@ -519,7 +519,7 @@ def test_from_mlp_takes_the_dimension_from_the_mlp_input():
 # ---------------------------------------------------------------------------- benchmark smoke test
 def test_the_benchmark_runs_and_reports_small_errors():
     """Not a timing test: the benchmark's functions run on a tiny problem and return dicts."""
-    from fm_ref import bench_cnf
+    from fm_ref.bench import cnf as bench_cnf
 
     res = bench_cnf.run_all(quick=True, n=20, hidden=(8,), dims=(2, 3))
     text = bench_cnf.format_report(res)

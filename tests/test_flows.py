@@ -14,7 +14,7 @@ from scipy.optimize import brentq
 
 from fm_ref.flows import (AffineCoupling, ElementwiseAffine, Flow, MaskedAutoregressive, Permutation, Planar,
                           Radial, Reverse, default_flow)
-from fm_ref.flows_residual import ROOT_TOL, planar_root, softplus
+from fm_ref.flows.residual import ROOT_TOL, planar_root, softplus
 from fm_ref.verify.flows import INVERSE_RTOL, LOGDET_RTOL, check_inverse, check_log_det, inverse_error, log_det_error
 from tests.strategies import FLOW_LAYER_KINDS, dims, fewer, flow_layers, flow_stacks, make_flow_layer, points, seeds
 

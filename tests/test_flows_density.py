@@ -16,8 +16,8 @@ from scipy.integrate import cumulative_trapezoid, quad
 from fm_ref.distributions import StandardNormal, make_toy
 from fm_ref.flows import (ElementwiseAffine, Flow, MaskedAutoregressive, Planar, Radial, default_flow,
                           gaussian_baseline_nll, train_flow_mle)
-from fm_ref.flows_coupling import made_masks
-from fm_ref.flows_residual import softplus
+from fm_ref.flows.coupling import made_masks
+from fm_ref.flows.residual import softplus
 from fm_ref.verify.flows import (MASS_D1_TOL, MASS_D2_TOL, check_mass_d1, check_mass_d2, grid_2d,
                                  mass_by_quadrature, mass_on_grid, random_params)
 from tests.strategies import adversarial_planar_radial, fewer, flow_stacks, seeds

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["machine_info", "median_time", "bench_divergence", "bench_cfm_training",
            "bench_flow_log_prob", "bench_cnf_log_prob", "run_bench"]
@@ -19,8 +19,8 @@ __all__ = ["machine_info", "median_time", "bench_divergence", "bench_cfm_trainin
 
 def machine_info():
     """Usable cores, the CPU model, library versions, BLAS threads and the load average
-    (``fm_ref.bench_cnf.machine_info`` plus the cores this process may use)."""
-    from .bench_cnf import machine_info as cnf_machine_info
+    (``fm_ref.bench.cnf.machine_info`` plus the cores this process may use)."""
+    from .cnf import machine_info as cnf_machine_info
 
     info = cnf_machine_info()
     try:
@@ -51,7 +51,7 @@ def _record(name, size, med, times, rate=None, rate_unit="", notes=""):
 
 
 def _mlp_and_points(n, seed=0):
-    from .nn import MLP
+    from ..nn import MLP
 
     rng = np.random.default_rng(seed)
     mlp = MLP(2, (64, 64))
@@ -61,7 +61,7 @@ def _mlp_and_points(n, seed=0):
 def bench_divergence(repeats, n=1000):
     """Exact divergence of MLP(2, (64, 64)) at n points: autograd (d reverse passes) vs
     the closed-form forward-mode trace of ``MLP.divergence``."""
-    from .divergence import divergence, mlp_value_and_divergence
+    from ..divergence import divergence, mlp_value_and_divergence
 
     mlp, params, x = _mlp_and_points(n)
     field = lambda z, t: mlp.apply(params, z, t)  # noqa: E731
@@ -81,10 +81,10 @@ def bench_divergence(repeats, n=1000):
 def bench_cfm_training(repeats, steps=200):
     """CFM training steps per second: ``train_cfm`` with batch 256, MLP(2, (64, 64)),
     CondOT, 8gaussians data, float64 (batch sampling and Adam included)."""
-    from .distributions import make_toy
-    from .nn import MLP
-    from .paths import CondOT
-    from .train import train_cfm
+    from ..distributions import make_toy
+    from ..nn import MLP
+    from ..paths import CondOT
+    from ..train import train_cfm
 
     rng = np.random.default_rng(0)
     data = make_toy("8gaussians", 10_000, rng)
@@ -98,7 +98,7 @@ def bench_cfm_training(repeats, steps=200):
 
 def bench_flow_log_prob(repeats, n=1000):
     """Exact log p of n 2-D points under ``default_flow(2)`` (8 affine couplings)."""
-    from .flows import default_flow
+    from ..flows import default_flow
 
     rng = np.random.default_rng(0)
     flow = default_flow(2)
@@ -113,8 +113,8 @@ def bench_cnf_log_prob(repeats, n=1000, tols=(1e-5, 1e-8)):
     """Exact CNF log-likelihood of n 2-D points (MLP 2->64->64->2): DOP853 at ``tols``, and
     RK45 at 7e-8 (the fewest NFE within max error 1e-7) with one thread and
     with the batch split over two (timed alternately): time, NFE and the error against a
-    rtol = atol = 1e-12 solve (``fm_ref.bench_cnf``)."""
-    from .bench_cnf import bench_log_likelihood, bench_threads
+    rtol = atol = 1e-12 solve (``fm_ref.bench.cnf``)."""
+    from .cnf import bench_log_likelihood, bench_threads
 
     res = bench_log_likelihood(n=n, dim=2, hidden=(64, 64), tols=tols, methods=("DOP853",), repeats=repeats)
     ref = res["reference"]

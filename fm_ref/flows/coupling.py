@@ -11,9 +11,9 @@ Derivation: derivations/07-normalizing-flows.md (NF.8)
 import autograd.numpy as np
 import numpy as onp
 
-from ._validate import as_finite_float, as_generator, as_positive_int
-from .flows_layers import Layer, tanh
-from .nn import ACTIVATIONS, MLP
+from .._validate import as_finite_float, as_generator, as_positive_int
+from .layers import Layer, tanh
+from ..nn import ACTIVATIONS, MLP
 
 __all__ = ["AffineCoupling", "MaskedAutoregressive", "made_masks"]
 

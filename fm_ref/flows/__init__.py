@@ -6,7 +6,7 @@ data side is x). Its density follows from the change of variables,
     log p(x) = log p₀(G⁻¹(x)) + Σ_k log|det ∂z_{k−1}/∂z_k|   (z_K = x, z_0 = z),
 
 each layer contributing its own exact log-determinant. The layers (all with the same
-contract, ``fm_ref.flows_layers.Layer``):
+contract, ``fm_ref.flows.layers.Layer``):
 
 =====================  ==========================================  =====================
 layer                  map                                         inverse
@@ -26,12 +26,12 @@ import numpy as onp
 from autograd import value_and_grad
 from autograd.tracer import getval
 
-from ._validate import as_generator, as_points, as_positive_int
-from .distributions import LOG_2PI, StandardNormal
-from .flows_coupling import AffineCoupling, MaskedAutoregressive
-from .flows_layers import ElementwiseAffine, Layer, Permutation, Reverse, _check_output
-from .flows_residual import Planar, Radial
-from .train import adam
+from .._validate import as_generator, as_points, as_positive_int
+from ..distributions import LOG_2PI, StandardNormal
+from .coupling import AffineCoupling, MaskedAutoregressive
+from .layers import ElementwiseAffine, Layer, Permutation, Reverse, _check_output
+from .residual import Planar, Radial
+from ..train import adam
 
 __all__ = [
     "Layer", "Planar", "Radial", "AffineCoupling", "MaskedAutoregressive", "ElementwiseAffine",

@@ -24,7 +24,7 @@ import numpy as onp
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
-from ._validate import as_generator, as_points, as_positive_int
+from .._validate import as_generator, as_points, as_positive_int
 
 __all__ = ["Layer", "ElementwiseAffine", "Permutation", "Reverse", "check_tree", "tanh", "sech2"]
 

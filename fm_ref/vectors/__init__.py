@@ -18,7 +18,7 @@ when |got − ref| ≤ abs + rel·|ref| (the error in units of the tolerance, as
 ODE tests measure it).
 
 The cases themselves (inputs, reference outputs, tolerances) are built in
-``fm_ref.vector_cases``.
+``fm_ref.vectors.cases``.
 
 Derivation: derivations/08-evaluation.md (EVAL.5) (EVAL.6)
 """
@@ -26,8 +26,8 @@ import json
 
 import numpy as np
 
-from . import __version__
-from .vector_cases import (BUILDERS, KINDS, layer_params_from_json, make_layer, make_mlp, make_path,
+from .. import __version__
+from .cases import (BUILDERS, KINDS, layer_params_from_json, make_layer, make_mlp, make_path,
                            params_from_json)
 
 __all__ = ["SCHEMA_VERSION", "KINDS", "generate", "write_vectors", "load_json", "compare",

@@ -9,7 +9,7 @@ grows with d. Not a timed test: the numbers depend on the machine and its load, 
 the result records; on a virtual machine whose speed drifts, compare rows measured
 alternately, not rows measured minutes apart.
 
-Run ``python -m fm_ref.bench_cnf`` (``--quick`` for a short run, ``--json`` for the dict).
+Run ``python -m fm_ref.bench.cnf`` (``--quick`` for a short run, ``--json`` for the dict).
 Each ``bench_*`` function returns a plain dict so that a CLI can print or store it.
 """
 import argparse
@@ -21,9 +21,9 @@ import time
 
 import numpy as onp
 
-from .cnf import CNF
-from .divergence import MLPTrace, _value_and_divergence
-from .nn import MLP
+from ..cnf import CNF
+from ..divergence import MLPTrace, _value_and_divergence
+from ..nn import MLP
 
 __all__ = ["blas_threads", "machine_info", "bench_log_likelihood", "bench_divergence_routes", "bench_dimensions",
            "bench_threads", "bench_sampling", "run_all", "main"]
@@ -310,8 +310,8 @@ def format_report(res):
 
 
 def main(argv=None):
-    """Entry point of ``python -m fm_ref.bench_cnf``."""
-    parser = argparse.ArgumentParser(prog="python -m fm_ref.bench_cnf", description=__doc__.splitlines()[0])
+    """Entry point of ``python -m fm_ref.bench.cnf``."""
+    parser = argparse.ArgumentParser(prog="python -m fm_ref.bench.cnf", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and tolerances")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--threads", type=int, default=1, help="OpenBLAS threads for the main tables (default 1)")

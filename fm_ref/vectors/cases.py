@@ -38,7 +38,7 @@ PATH_SPECS = (("condot", {"sigma_min": 0.0}), ("condot", {"sigma_min": 0.01}),
 
 def make_path(spec):
     """A path from its spec {'name': ..., 'params': {...}} as written in the vectors."""
-    from .paths import PATHS
+    from ..paths import PATHS
 
     if not isinstance(spec, dict) or spec.get("name") not in PATHS:
         raise ValueError(f"path: expected {{'name': one of {sorted(PATHS)}, 'params': {{...}}}}, got {spec!r}")
@@ -103,8 +103,8 @@ def _targets():
 
 
 def _marginal_cases():
-    from .distributions import GaussianMixture
-    from .marginal import (marginal_log_prob, marginal_score, marginal_velocity, posterior_mean,
+    from ..distributions import GaussianMixture
+    from ..marginal import (marginal_log_prob, marginal_score, marginal_velocity, posterior_mean,
                            posterior_noise_mean)
 
     cases = []
@@ -139,7 +139,7 @@ MLP_SPECS = (("tanh-2d", 2, (16, 16), "tanh", 0, 300), ("swish-3d", 3, (8, 8), "
 
 def make_mlp(spec):
     """An MLP from its spec {'dim', 'hidden', 'activation', 'time_features'}."""
-    from .nn import MLP
+    from ..nn import MLP
 
     return MLP(spec["dim"], tuple(spec["hidden"]), spec["activation"], spec["time_features"])
 
@@ -180,7 +180,7 @@ CNF_SPECS = (("tanh-2d", 2, (16, 16), "tanh", 0, 400), ("swish-3d", 3, (8, 8), "
 
 
 def _cnf_cases():
-    from .cnf import CNF
+    from ..cnf import CNF
 
     cases = []
     for name, dim, hidden, act, k, seed in CNF_SPECS:
@@ -207,7 +207,7 @@ def _cnf_cases():
 
 
 # Flow layers: closed forms through exp/tanh/softplus (~100 ulps, as for networks), and
-# the planar inverse, a scalar root solved to ~1e-13 relative (flows_residual.ROOT_TOL).
+# the planar inverse, a scalar root solved to ~1e-13 relative (flows.residual.ROOT_TOL).
 TOL_FLOW = _tol(1e-11, 1e-10, "flow layers: exp/tanh/softplus closed forms (~100 ulps) and the planar "
                               "inverse, a scalar root solved to ~1e-13; 1e-10 admits roots solved to "
                               "1e-11 (EVAL.5)")
@@ -228,7 +228,7 @@ FLOW_FORMULAS = {
 
 def make_layer(spec):
     """A flow layer from its spec {'type', 'dim', ...} as written in the vectors."""
-    from .flows import AffineCoupling, ElementwiseAffine, Planar, Radial
+    from ..flows import AffineCoupling, ElementwiseAffine, Planar, Radial
 
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind == "coupling":
@@ -257,7 +257,7 @@ def layer_params_from_json(spec, params):
 
 
 def _flow_cases():
-    from .flows import Flow
+    from ..flows import Flow
 
     rng = np.random.default_rng(500)
     coupling = {"dim": 2, "hidden": [8], "activation": "tanh", "scale_bound": 3.0}

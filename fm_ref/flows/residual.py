@@ -17,8 +17,8 @@ import numpy as onp
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
-from ._validate import as_generator, as_positive_int
-from .flows_layers import Layer, sech2, tanh
+from .._validate import as_generator, as_positive_int
+from .layers import Layer, sech2, tanh
 
 __all__ = ["Planar", "Radial", "planar_root", "ROOT_TOL", "MIN_WU"]
 
