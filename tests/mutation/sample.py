@@ -1,0 +1,418 @@
+"""A small AST mutation sampler for fm_ref's math modules (not collected by pytest).
+
+Each mutant is one small deliberate bug (a swapped operator, a changed constant, a dropped
+term, ...) written into a copy of the worktree's ``fm_ref/`` (one temporary copy per
+mutant) and run against the test files mapped to its module with
+``python -m pytest -x -q -p no:cacheprovider``. A mutant is *killed* when the run fails,
+*killed-by-timeout* when it runs longer than ``--timeout-factor`` times the clean run, and
+*survives* when the run passes. Mutants listed in ``equivalent.txt`` (read and found not
+to change behaviour) are excluded from the sample.
+
+A mutant's id is stable under edits elsewhere in the file: a hash of the module, the
+enclosing function, the original and mutated source of the node and its occurrence
+index within the function.
+
+Usage (from the worktree root)::
+
+    python tests/mutation/sample.py --list --module paths          # enumerate sites
+    nohup python tests/mutation/sample.py --per-module 40 --seed 0 \\
+        --out /tmp/mut.jsonl > /tmp/mut.log 2>&1 &                 # sample and run
+    python tests/mutation/sample.py --report /tmp/mut.jsonl        # table + survivors
+    python tests/mutation/sample.py --rerun /tmp/mut.jsonl --out /tmp/mut2.jsonl
+                                                                   # re-run survivors only
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# The tree mutated and tested; FM_REF_MUTATION_ROOT points at a snapshot of the worktree so
+# that editing the tests during a long run does not change what the run measures.
+ROOT = Path(os.environ.get("FM_REF_MUTATION_ROOT", Path(__file__).resolve().parents[2]))
+HERE = Path(__file__).resolve().parent
+EQUIVALENT = HERE / "equivalent.txt"
+
+# module name -> (source file, mapped test files)
+MODULES = {
+    "paths": ("fm_ref/paths.py", ["tests/test_paths.py"]),
+    "marginal": ("fm_ref/marginal.py", ["tests/test_marginal.py"]),
+    "losses": ("fm_ref/losses.py", ["tests/test_losses.py"]),
+    "divergence": ("fm_ref/divergence.py", ["tests/test_divergence.py"]),
+    "cnf": ("fm_ref/cnf.py", ["tests/test_cnf.py"]),
+    "adjoint": ("fm_ref/adjoint.py", ["tests/test_adjoint.py"]),
+    "nn": ("fm_ref/nn.py", ["tests/test_nn.py"]),
+    "distributions": ("fm_ref/distributions.py", ["tests/test_distributions.py"]),
+    "flows": ("fm_ref/flows/__init__.py", ["tests/test_flows.py", "tests/test_flows_density.py"]),
+    "flows.layers": ("fm_ref/flows/layers.py", ["tests/test_flows.py", "tests/test_flows_density.py"]),
+    "flows.coupling": ("fm_ref/flows/coupling.py", ["tests/test_flows.py", "tests/test_flows_density.py"]),
+    "flows.residual": ("fm_ref/flows/residual.py", ["tests/test_flows.py", "tests/test_flows_density.py"]),
+    "train": ("fm_ref/train.py", ["tests/test_train.py"]),
+}
+
+PYTHON = sys.executable
+
+_BINOP_SWAPS = {
+    ast.Add: [ast.Sub],
+    ast.Sub: [ast.Add],
+    ast.Mult: [ast.Div, ast.Pow],
+    ast.Div: [ast.Mult],
+    ast.Pow: [ast.Mult],
+    ast.FloorDiv: [ast.Div],
+    ast.Mod: [ast.FloorDiv],
+}
+_CMP_SWAPS = {
+    ast.Lt: [ast.LtE, ast.Gt],
+    ast.LtE: [ast.Lt, ast.GtE],
+    ast.Gt: [ast.GtE, ast.Lt],
+    ast.GtE: [ast.Gt, ast.LtE],
+    ast.Eq: [ast.NotEq],
+    ast.NotEq: [ast.Eq],
+    ast.Is: [ast.IsNot],
+    ast.IsNot: [ast.Is],
+    ast.In: [ast.NotIn],
+    ast.NotIn: [ast.In],
+}
+
+
+def _const_variants(value):
+    """Changed constants: 0 <-> 1, c -> c + 1, c -> -c, 0.5 -> 2."""
+    if isinstance(value, bool):
+        return [not value]
+    if not isinstance(value, (int, float)):
+        return []
+    out = []
+    if value == 0:
+        out.append(type(value)(1))
+    elif value == 1:
+        out += [type(value)(0), type(value)(2)]
+    elif value == 0.5:
+        out += [2.0, 1.5]
+    else:
+        out += [value + 1, -value]
+    return [v for v in out if v != value]
+
+
+def _skip_subtree(node):
+    """Nodes whose subtree holds no behaviour worth mutating (messages, annotations)."""
+    return isinstance(node, (ast.JoinedStr, ast.Raise, ast.Assert, ast.Import, ast.ImportFrom))
+
+
+def _is_docstring(node, parent):
+    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str))
+
+
+def _mutations(node):
+    """Yield (operator name, mutated node) pairs for one AST node."""
+    if isinstance(node, ast.BinOp):
+        for new in _BINOP_SWAPS.get(type(node.op), []):
+            yield "binop", ast.BinOp(left=node.left, op=new(), right=node.right)
+        if isinstance(node.op, (ast.Add, ast.Sub)):
+            yield "drop-term", node.left
+            if isinstance(node.op, ast.Add):
+                yield "drop-term", node.right
+        if isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)) and not isinstance(
+                node.left, ast.Constant):
+            yield "unary-add", ast.BinOp(left=ast.UnaryOp(op=ast.USub(), operand=node.left),
+                                         op=node.op, right=node.right)
+    elif isinstance(node, ast.Compare) and len(node.ops) == 1:
+        for new in _CMP_SWAPS.get(type(node.ops[0]), []):
+            yield "compare", ast.Compare(left=node.left, ops=[new()], comparators=node.comparators)
+    elif isinstance(node, ast.Constant):
+        for v in _const_variants(node.value):
+            yield "constant", ast.Constant(value=v)
+    elif isinstance(node, ast.UnaryOp):
+        if isinstance(node.op, ast.USub):
+            yield "unary-drop", node.operand
+        elif isinstance(node.op, ast.Not):
+            yield "bool", node.operand
+    elif isinstance(node, ast.BoolOp):
+        new = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        yield "bool", ast.BoolOp(op=new, values=node.values)
+
+
+def _return_mutations(node):
+    """Return-value changes: swap the first two items of a returned tuple, else return None."""
+    value = node.value
+    if value is None:
+        return
+    if isinstance(value, ast.Tuple) and len(value.elts) >= 2:
+        elts = list(value.elts)
+        elts[0], elts[1] = elts[1], elts[0]
+        yield "return", value, ast.Tuple(elts=elts, ctx=ast.Load())
+    elif not (isinstance(value, ast.Constant) and value.value is None):
+        yield "return", value, ast.Constant(value=None)
+
+
+class _Sites(ast.NodeVisitor):
+    def __init__(self):
+        self.sites = []  # (func, node, operator, mutated node)
+        self.func = "<module>"
+
+    def generic_visit(self, node):
+        for child in ast.iter_child_nodes(node):
+            if _skip_subtree(child) or _is_docstring(child, node):
+                continue
+            if isinstance(child, (ast.FunctionDef, ast.ClassDef)):
+                outer, self.func = self.func, f"{self.func}.{child.name}"
+                for d in child.decorator_list:
+                    self.visit(d)
+                if isinstance(child, ast.FunctionDef):
+                    for d in child.args.defaults + [k for k in child.args.kw_defaults if k]:
+                        self._add_node(d, default=True)
+                for stmt in child.body:
+                    if not _is_docstring(stmt, child):
+                        self.visit(stmt)
+                self.func = outer
+                continue
+            if isinstance(child, ast.AnnAssign):
+                if child.value is not None:
+                    self.visit(child.value)
+                continue
+            if isinstance(child, ast.AugAssign):
+                for new in _BINOP_SWAPS.get(type(child.op), [])[:1]:
+                    self.sites.append((self.func, child, "binop",
+                                       ast.AugAssign(target=child.target, op=new(),
+                                                     value=child.value)))
+            if isinstance(child, ast.Return):
+                for op, old, new in _return_mutations(child):
+                    self.sites.append((self.func, old, op, new))
+            self._add_node(child)
+            self.visit(child)
+
+    def _add_node(self, node, default=False):
+        if not hasattr(node, "end_col_offset"):
+            return
+        for op, new in _mutations(node):
+            self.sites.append((self.func, node, "default" if default else op, new))
+
+
+def _segment_replace(source_lines, node, text):
+    """Replace the source span of ``node`` with ``text`` (lines are 1-based, cols in bytes)."""
+    lines = source_lines
+    l0, c0, l1, c1 = node.lineno - 1, node.col_offset, node.end_lineno - 1, node.end_col_offset
+    first = lines[l0].encode()
+    last = lines[l1].encode()
+    new = first[:c0].decode() + text + last[c1:].decode()
+    return lines[:l0] + [new] + lines[l1 + 1:]
+
+
+def enumerate_mutants(module):
+    """All mutants of one module: a list of dicts with id, line, diff and new source."""
+    rel, _ = MODULES[module]
+    source = (ROOT / rel).read_text()
+    tree = ast.parse(source)
+    visitor = _Sites()
+    visitor.visit(tree)
+    lines = source.splitlines()
+    seen = {}
+    mutants = []
+    for func, node, op, new in visitor.sites:
+        old_text = ast.get_source_segment(source, node)
+        if old_text is None:
+            continue
+        if isinstance(new, (ast.Constant, ast.stmt)):
+            new_text = ast.unparse(new)
+        else:
+            new_text = "(" + ast.unparse(new) + ")"
+        if isinstance(new, ast.Constant) and isinstance(new.value, (int, float)) and new.value < 0:
+            new_text = "(" + new_text + ")"
+        key = (func, old_text, new_text)
+        seen[key] = seen.get(key, -1) + 1
+        digest = hashlib.sha1(repr((module, key, seen[key])).encode()).hexdigest()[:10]
+        new_lines = _segment_replace(lines, node, new_text)
+        new_source = "\n".join(new_lines) + "\n"
+        try:
+            ast.parse(new_source)
+        except SyntaxError:
+            continue
+        if new_source == source or new_source.strip() == source.strip():
+            continue
+        mutants.append({
+            "id": f"{module}:{digest}",
+            "module": module,
+            "file": rel,
+            "line": node.lineno,
+            "func": func,
+            "op": op,
+            "old": lines[node.lineno - 1].strip(),
+            "new": new_lines[node.lineno - 1].strip(),
+            "source": new_source,
+        })
+    return mutants
+
+
+def load_equivalent():
+    """Ids (first field of each non-comment line) of mutants read and found equivalent."""
+    ids = {}
+    if EQUIVALENT.exists():
+        for line in EQUIVALENT.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                mid, _, reason = line.partition(" ")
+                ids[mid] = reason.strip()
+    return ids
+
+
+def _make_tree(tmp):
+    shutil.copytree(ROOT / "fm_ref", tmp / "fm_ref", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "tests", tmp / "tests",
+                    ignore=shutil.ignore_patterns("__pycache__", "mutation", ".hypothesis"))
+    shutil.copy(ROOT / "pyproject.toml", tmp / "pyproject.toml")
+
+
+def run_tests(tmp, tests, timeout):
+    env = dict(os.environ, PYTHONPATH=str(tmp), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - start, ""
+    elapsed = time.monotonic() - start
+    tail = (proc.stdout.strip().splitlines() or [""])[-1]
+    return ("survived" if proc.returncode == 0 else "killed"), elapsed, tail
+
+
+def clean_time(module):
+    _, tests = MODULES[module]
+    with tempfile.TemporaryDirectory(prefix="mut_clean_") as d:
+        tmp = Path(d)
+        _make_tree(tmp)
+        status, elapsed, tail = run_tests(tmp, tests, timeout=1800)
+    if status != "survived":
+        raise SystemExit(f"clean run of {module} fails: {tail}")
+    return elapsed
+
+
+def run_mutant(m, timeout):
+    _, tests = MODULES[m["module"]]
+    with tempfile.TemporaryDirectory(prefix="mut_") as d:
+        tmp = Path(d)
+        _make_tree(tmp)
+        (tmp / m["file"]).write_text(m["source"])
+        return run_tests(tmp, tests, timeout)
+
+
+def sample(modules, per_module, seed):
+    equivalent = load_equivalent()
+    chosen = []
+    for module in modules:
+        mutants = [m for m in enumerate_mutants(module) if m["id"] not in equivalent]
+        rng = random.Random(f"{seed}:{module}")
+        k = min(per_module, len(mutants))
+        chosen += sorted(rng.sample(mutants, k), key=lambda m: m["line"])
+    return chosen
+
+
+def report(path):
+    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    equivalent = load_equivalent()
+    latest = {}
+    for r in rows:
+        latest[r["id"]] = r
+    print(f"{'module':16s} {'sampled':>7s} {'equiv':>5s} {'killed':>6s} {'t/o':>4s} "
+          f"{'surv':>4s} {'score':>6s}")
+    tk = tn = 0
+    for module in MODULES:
+        rs = [r for r in latest.values() if r["module"] == module]
+        if not rs:
+            continue
+        eq = [r for r in rs if r["id"] in equivalent]
+        live = [r for r in rs if r["id"] not in equivalent]
+        killed = sum(r["status"] in ("killed", "timeout") for r in live)
+        to = sum(r["status"] == "timeout" for r in live)
+        surv = [r for r in live if r["status"] == "survived"]
+        score = killed / len(live) if live else 1.0
+        tk += killed
+        tn += len(live)
+        print(f"{module:16s} {len(rs):7d} {len(eq):5d} {killed:6d} {to:4d} {len(surv):4d} "
+              f"{100 * score:5.1f}%")
+    if tn:
+        print(f"{'overall':16s} {'':7s} {'':5s} {tk:6d} {'':4s} {tn - tk:4d} {100 * tk / tn:5.1f}%")
+    print("\nsurvivors:")
+    for r in latest.values():
+        if r["status"] == "survived" and r["id"] not in equivalent:
+            print(f"  {r['id']}  {r['file']}:{r['line']} [{r['op']}] in {r['func']}")
+            print(f"      - {r['old']}")
+            print(f"      + {r['new']}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--module", action="append", choices=list(MODULES),
+                   help="module(s) to mutate (default: all)")
+    p.add_argument("--per-module", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout-factor", type=float, default=5.0)
+    p.add_argument("--jobs", type=int, default=1, help="mutants run at once")
+    p.add_argument("--out", default="/tmp/fm_ref_mutants.jsonl")
+    p.add_argument("--list", action="store_true", help="list the sampled mutants, run nothing")
+    p.add_argument("--report", metavar="JSONL", help="print the table and survivors of a run")
+    p.add_argument("--rerun", metavar="JSONL", help="re-run the survivors of an earlier run")
+    p.add_argument("--show", metavar="ID", help="print one mutant's diff line")
+    args = p.parse_args(argv)
+    if args.report:
+        report(args.report)
+        return
+    modules = args.module or list(MODULES)
+    if args.rerun:
+        rows = [json.loads(x) for x in Path(args.rerun).read_text().splitlines() if x.strip()]
+        latest = {r["id"]: r for r in rows}
+        equivalent = load_equivalent()
+        want = {i for i, r in latest.items()
+                if r["status"] == "survived" and i not in equivalent and r["module"] in modules}
+        chosen = [m for mod in modules for m in enumerate_mutants(mod) if m["id"] in want]
+        missing = want - {m["id"] for m in chosen}
+        for i in sorted(missing):
+            print(f"{i}: no longer a mutant of the current source (site edited)", flush=True)
+    else:
+        chosen = sample(modules, args.per_module, args.seed)
+    if args.show:
+        for mod in modules:
+            for m in enumerate_mutants(mod):
+                if m["id"] == args.show:
+                    print(f"{m['file']}:{m['line']} [{m['op']}] {m['func']}\n- {m['old']}\n+ {m['new']}")
+        return
+    if args.list:
+        for m in chosen:
+            print(f"{m['id']}  {m['file']}:{m['line']} [{m['op']}]  {m['old']}  ->  {m['new']}")
+        print(f"{len(chosen)} mutants")
+        return
+    clean = {}
+    for mod in dict.fromkeys(m["module"] for m in chosen):
+        clean[mod] = clean_time(mod)
+        print(f"# clean run of {mod}: {clean[mod]:.1f} s", flush=True)
+    lock = threading.Lock()
+    counter = iter(range(1, len(chosen) + 1))
+
+    def one(m):
+        timeout = args.timeout_factor * clean[m["module"]]
+        status, elapsed, tail = run_mutant(m, timeout)
+        row = {k: m[k] for k in ("id", "module", "file", "line", "func", "op", "old", "new")}
+        row.update(status=status, seconds=round(elapsed, 1), tail=tail)
+        with lock:
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(f"[{next(counter)}/{len(chosen)}] {status:8s} {elapsed:6.1f}s {m['id']} "
+                  f"{m['file']}:{m['line']} {m['old']} -> {m['new']}", flush=True)
+
+    with open(args.out, "a") as out, ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(one, chosen))
+
+
+if __name__ == "__main__":
+    main()
