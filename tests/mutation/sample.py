@@ -162,7 +162,10 @@ class _Sites(ast.NodeVisitor):
         self.func = "<module>"
 
     def generic_visit(self, node):
-        for child in ast.iter_child_nodes(node):
+        self._children(node, list(ast.iter_child_nodes(node)))
+
+    def _children(self, node, children):
+        for child in children:
             if _skip_subtree(child) or _is_docstring(child, node):
                 continue
             if isinstance(child, (ast.FunctionDef, ast.ClassDef)):
@@ -172,14 +175,13 @@ class _Sites(ast.NodeVisitor):
                 if isinstance(child, ast.FunctionDef):
                     for d in child.args.defaults + [k for k in child.args.kw_defaults if k]:
                         self._add_node(d, default=True)
-                for stmt in child.body:
-                    if not _is_docstring(stmt, child):
-                        self.visit(stmt)
+                        self.visit(d)
+                self._children(child, child.body)
                 self.func = outer
                 continue
             if isinstance(child, ast.AnnAssign):
                 if child.value is not None:
-                    self.visit(child.value)
+                    self._children(child, [child.value])
                 continue
             if isinstance(child, ast.AugAssign):
                 for new in _BINOP_SWAPS.get(type(child.op), [])[:1]:
@@ -274,8 +276,13 @@ def _make_tree(tmp):
 
 
 def run_tests(tmp, tests, timeout):
+    """Run the mapped tests (or, for ``verify:NAME`` entries, ``python -m fm_ref verify``)."""
     env = dict(os.environ, PYTHONPATH=str(tmp), PYTHONDONTWRITEBYTECODE="1")
-    cmd = [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    checks = [t.split(":", 1)[1] for t in tests if t.startswith("verify:")]
+    if checks:
+        cmd = [PYTHON, "-m", "fm_ref", "verify"] + [a for c in checks for a in ("--check", c)]
+    else:
+        cmd = [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.monotonic()
     try:
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
@@ -287,8 +294,8 @@ def run_tests(tmp, tests, timeout):
     return ("survived" if proc.returncode == 0 else "killed"), elapsed, tail
 
 
-def clean_time(module):
-    _, tests = MODULES[module]
+def clean_time(module, tests=None):
+    tests = tests or MODULES[module][1]
     with tempfile.TemporaryDirectory(prefix="mut_clean_") as d:
         tmp = Path(d)
         _make_tree(tmp)
@@ -298,8 +305,8 @@ def clean_time(module):
     return elapsed
 
 
-def run_mutant(m, timeout):
-    _, tests = MODULES[m["module"]]
+def run_mutant(m, timeout, tests=None):
+    tests = tests or MODULES[m["module"]][1]
     with tempfile.TemporaryDirectory(prefix="mut_") as d:
         tmp = Path(d)
         _make_tree(tmp)
@@ -358,12 +365,18 @@ def main(argv=None):
     p.add_argument("--per-module", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout-factor", type=float, default=5.0)
+    p.add_argument("--clean-times", default="/tmp/fm_ref_mutation_clean_times.json",
+                   help="cache of clean-run seconds per test set (delete to re-measure)")
     p.add_argument("--jobs", type=int, default=1, help="mutants run at once")
     p.add_argument("--out", default="/tmp/fm_ref_mutants.jsonl")
     p.add_argument("--list", action="store_true", help="list the sampled mutants, run nothing")
     p.add_argument("--report", metavar="JSONL", help="print the table and survivors of a run")
     p.add_argument("--rerun", metavar="JSONL", help="re-run the survivors of an earlier run")
     p.add_argument("--show", metavar="ID", help="print one mutant's diff line")
+    p.add_argument("--verify-check", action="append", metavar="NAME",
+                   help="run `python -m fm_ref verify --check NAME` instead of the tests")
+    p.add_argument("--funcs", action="append", metavar="SUBSTRING",
+                   help="only mutants inside functions whose qualified name contains this")
     args = p.parse_args(argv)
     if args.report:
         report(args.report)
@@ -373,14 +386,27 @@ def main(argv=None):
         rows = [json.loads(x) for x in Path(args.rerun).read_text().splitlines() if x.strip()]
         latest = {r["id"]: r for r in rows}
         equivalent = load_equivalent()
-        want = {i for i, r in latest.items()
+        def key(r):
+            return (r["file"], r["op"], r["old"], r["new"])
+
+        want = {key(r) for i, r in latest.items()
                 if r["status"] == "survived" and i not in equivalent and r["module"] in modules}
-        chosen = [m for mod in modules for m in enumerate_mutants(mod) if m["id"] in want]
-        missing = want - {m["id"] for m in chosen}
-        for i in sorted(missing):
-            print(f"{i}: no longer a mutant of the current source (site edited)", flush=True)
+        chosen = [m for mod in modules for m in enumerate_mutants(mod)
+                  if key(m) in want and m["id"] not in equivalent]
+        missing = want - {key(m) for m in chosen}
+        for k in sorted(missing):
+            print(f"{k}: no longer a mutant of the current source (site edited)", flush=True)
+    elif args.funcs:
+        equivalent = load_equivalent()
+        chosen = []
+        for mod in modules:
+            pool = [m for m in enumerate_mutants(mod) if m["id"] not in equivalent
+                    and any(f in m["func"] for f in args.funcs)]
+            rng = random.Random(f"{args.seed}:{mod}:{args.funcs}")
+            chosen += sorted(rng.sample(pool, min(args.per_module, len(pool))), key=lambda m: m["line"])
     else:
         chosen = sample(modules, args.per_module, args.seed)
+    tests = [f"verify:{c}" for c in args.verify_check] if args.verify_check else None
     if args.show:
         for mod in modules:
             for m in enumerate_mutants(mod):
@@ -392,18 +418,25 @@ def main(argv=None):
             print(f"{m['id']}  {m['file']}:{m['line']} [{m['op']}]  {m['old']}  ->  {m['new']}")
         print(f"{len(chosen)} mutants")
         return
+    # clean-run times, cached by test set (several modules share test files)
+    cache_path = Path(args.clean_times)
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     clean = {}
     for mod in dict.fromkeys(m["module"] for m in chosen):
-        clean[mod] = clean_time(mod)
-        print(f"# clean run of {mod}: {clean[mod]:.1f} s", flush=True)
+        key = " ".join(tests or MODULES[mod][1])
+        if key not in cache:
+            cache[key] = clean_time(mod, tests)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        clean[mod] = cache[key]
+        print(f"# clean run of {mod} ({key}): {clean[mod]:.1f} s", flush=True)
     lock = threading.Lock()
     counter = iter(range(1, len(chosen) + 1))
 
     def one(m):
         timeout = args.timeout_factor * clean[m["module"]]
-        status, elapsed, tail = run_mutant(m, timeout)
+        status, elapsed, tail = run_mutant(m, timeout, tests)
         row = {k: m[k] for k in ("id", "module", "file", "line", "func", "op", "old", "new")}
-        row.update(status=status, seconds=round(elapsed, 1), tail=tail)
+        row.update(status=status, seconds=round(elapsed, 1), tail=tail, against=tests or "tests")
         with lock:
             out.write(json.dumps(row) + "\n")
             out.flush()
