@@ -160,6 +160,8 @@ class _Sites(ast.NodeVisitor):
     def __init__(self):
         self.sites = []  # (func, node, operator, mutated node)
         self.func = "<module>"
+        self.in_def = False  # inside a function body (else module or class body)
+        self.in_def_of = {}  # site index -> in_def
 
     def generic_visit(self, node):
         self._children(node, list(ast.iter_child_nodes(node)))
@@ -170,6 +172,7 @@ class _Sites(ast.NodeVisitor):
                 continue
             if isinstance(child, (ast.FunctionDef, ast.ClassDef)):
                 outer, self.func = self.func, f"{self.func}.{child.name}"
+                outer_def, self.in_def = self.in_def, isinstance(child, ast.FunctionDef)
                 for d in child.decorator_list:
                     self.visit(d)
                 if isinstance(child, ast.FunctionDef):
@@ -177,7 +180,7 @@ class _Sites(ast.NodeVisitor):
                         self._add_node(d, default=True)
                         self.visit(d)
                 self._children(child, child.body)
-                self.func = outer
+                self.func, self.in_def = outer, outer_def
                 continue
             if isinstance(child, ast.AnnAssign):
                 if child.value is not None:
@@ -188,9 +191,11 @@ class _Sites(ast.NodeVisitor):
                     self.sites.append((self.func, child, "binop",
                                        ast.AugAssign(target=child.target, op=new(),
                                                      value=child.value)))
+                    self.in_def_of[len(self.sites) - 1] = self.in_def
             if isinstance(child, ast.Return):
                 for op, old, new in _return_mutations(child):
                     self.sites.append((self.func, old, op, new))
+                    self.in_def_of[len(self.sites) - 1] = self.in_def
             self._add_node(child)
             self.visit(child)
 
@@ -199,6 +204,7 @@ class _Sites(ast.NodeVisitor):
             return
         for op, new in _mutations(node):
             self.sites.append((self.func, node, "default" if default else op, new))
+            self.in_def_of[len(self.sites) - 1] = self.in_def or default
 
 
 def _segment_replace(source_lines, node, text):
@@ -221,7 +227,7 @@ def enumerate_mutants(module):
     lines = source.splitlines()
     seen = {}
     mutants = []
-    for func, node, op, new in visitor.sites:
+    for index, (func, node, op, new) in enumerate(visitor.sites):
         old_text = ast.get_source_segment(source, node)
         if old_text is None:
             continue
@@ -248,6 +254,7 @@ def enumerate_mutants(module):
             "file": rel,
             "line": node.lineno,
             "func": func,
+            "in_def": visitor.in_def_of.get(index, False),
             "op": op,
             "old": lines[node.lineno - 1].strip(),
             "new": new_lines[node.lineno - 1].strip(),
@@ -303,6 +310,41 @@ def clean_time(module, tests=None):
     if status != "survived":
         raise SystemExit(f"clean run of {module} fails: {tail}")
     return elapsed
+
+
+def trace(tests, trace_dir):
+    """Per test: the fm_ref functions it calls and its seconds (cached in trace_dir);
+    returns (records, wall seconds of the traced clean run)."""
+    key = hashlib.sha1(" ".join(tests).encode()).hexdigest()[:10]
+    path = Path(trace_dir) / f"trace_{key}.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return data["records"], data["wall"]
+    with tempfile.TemporaryDirectory(prefix="mut_trace_") as d:
+        tmp = Path(d)
+        _make_tree(tmp)
+        out = tmp / "trace.json"
+        env = dict(os.environ, PYTHONPATH=f"{tmp}{os.pathsep}{HERE}", PYTHONDONTWRITEBYTECODE="1",
+                   FM_REF_TRACE_OUT=str(out))
+        start = time.monotonic()
+        proc = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "trace_plugin",
+                               *tests], cwd=tmp, env=env, capture_output=True, text=True)
+        wall = time.monotonic() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"traced clean run of {tests} fails:\n{proc.stdout[-2000:]}")
+        records = json.loads(out.read_text())
+    Path(trace_dir).mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"records": records, "wall": wall}))
+    return records, wall
+
+
+def select_tests(m, records):
+    """Node ids of the tests that call the mutant's function, fastest first; None means
+    all the mapped tests (module or class body); [] means no test calls it."""
+    if not m["in_def"]:
+        return None
+    hits = [(r["seconds"], nodeid) for nodeid, r in records.items() if m["func"] in r["funcs"].get(m["file"], [])]
+    return [nodeid for _, nodeid in sorted(hits)]
 
 
 def run_mutant(m, timeout, tests=None):
@@ -367,6 +409,10 @@ def main(argv=None):
     p.add_argument("--timeout-factor", type=float, default=5.0)
     p.add_argument("--clean-times", default="/tmp/fm_ref_mutation_clean_times.json",
                    help="cache of clean-run seconds per test set (delete to re-measure)")
+    p.add_argument("--trace-dir", default="/tmp/fm_ref_mutation_traces",
+                   help="cache of which tests call which functions (delete to re-trace)")
+    p.add_argument("--no-select", action="store_true",
+                   help="run every mapped test for every mutant (no coverage-based selection)")
     p.add_argument("--jobs", type=int, default=1, help="mutants run at once")
     p.add_argument("--out", default="/tmp/fm_ref_mutants.jsonl")
     p.add_argument("--list", action="store_true", help="list the sampled mutants, run nothing")
@@ -432,11 +478,34 @@ def main(argv=None):
     lock = threading.Lock()
     counter = iter(range(1, len(chosen) + 1))
 
+    traces = {}
+    if not tests and not args.no_select:
+        sets = list(dict.fromkeys(tuple(MODULES[m["module"]][1]) for m in chosen))
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = dict(zip(sets, pool.map(lambda ts: trace(list(ts), args.trace_dir), sets)))
+        for mod in dict.fromkeys(m["module"] for m in chosen):
+            traces[mod] = done[tuple(MODULES[mod][1])]
+            print(f"# traced {mod}: {len(traces[mod][0])} tests, {traces[mod][1]:.0f} s", flush=True)
+
     def one(m):
         timeout = args.timeout_factor * clean[m["module"]]
-        status, elapsed, tail = run_mutant(m, timeout, tests)
+        run_with = tests
+        if m["module"] in traces:
+            records, wall = traces[m["module"]]
+            selected = select_tests(m, records)
+            if selected == []:
+                status, elapsed, tail = "survived", 0.0, "no mapped test calls this function"
+                run_with = "none"
+            elif selected is not None:
+                run_with = selected
+                startup = max(wall - sum(r["seconds"] for r in records.values()), 5.0)
+                timeout = args.timeout_factor * (startup + sum(records[t]["seconds"] for t in selected))
+        if run_with != "none":
+            status, elapsed, tail = run_mutant(m, timeout, run_with)
         row = {k: m[k] for k in ("id", "module", "file", "line", "func", "op", "old", "new")}
-        row.update(status=status, seconds=round(elapsed, 1), tail=tail, against=tests or "tests")
+        row.update(status=status, seconds=round(elapsed, 1), tail=tail,
+                   against=tests or ("selected" if isinstance(run_with, list) else "all mapped tests"),
+                   n_tests=len(run_with) if isinstance(run_with, list) else None)
         with lock:
             out.write(json.dumps(row) + "\n")
             out.flush()
