@@ -288,6 +288,14 @@ def run_tests(tmp, tests, timeout):
     checks = [t.split(":", 1)[1] for t in tests if t.startswith("verify:")]
     if checks:
         cmd = [PYTHON, "-m", "fm_ref", "verify"] + [a for c in checks for a in ("--check", c)]
+    elif FORK:
+        status, elapsed, tail = _run_forked(tmp, ["-x", "-q", "-p", "no:cacheprovider", "-W",
+                                                   "ignore::pytest.PytestAssertRewriteWarning", *tests], timeout)
+        if status != "timeout":
+            return status, elapsed, tail
+        # a forked child that hangs may be a lock inherited from another thread: re-run it
+        # in a fresh interpreter before counting a timeout
+        cmd = [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     else:
         cmd = [PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.monotonic()
@@ -299,6 +307,58 @@ def run_tests(tmp, tests, timeout):
     elapsed = time.monotonic() - start
     tail = (proc.stdout.strip().splitlines() or [""])[-1]
     return ("survived" if proc.returncode == 0 else "killed"), elapsed, tail
+
+
+#: Fork a pre-imported interpreter per mutant (numpy, scipy, autograd, hypothesis and pytest
+#: loaded once; fm_ref never is) instead of starting one: under load the imports were
+#: half of each run. ``--no-fork`` starts a fresh interpreter per mutant instead.
+FORK = True
+
+
+def _preload():
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import numpy  # noqa: F401
+    import scipy.integrate, scipy.linalg, scipy.optimize, scipy.special, scipy.stats  # noqa: F401,E401
+    import autograd, autograd.numpy, autograd.scipy.special  # noqa: F401,E401
+    import hypothesis, hypothesis.extra.numpy  # noqa: F401,E401
+    import pytest  # noqa: F401
+
+
+def _run_forked(tmp, args, timeout):
+    out_path = tmp / "pytest_out.txt"
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: run pytest on the mutated tree, report by exit code
+        code = 3
+        try:
+            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(tmp)
+            sys.path.insert(0, str(tmp))
+            sys.dont_write_bytecode = True
+            import pytest
+            code = int(pytest.main(args))
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    while True:
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() - start > timeout:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return "timeout", time.monotonic() - start, ""
+        time.sleep(0.05)
+    elapsed = time.monotonic() - start
+    code = os.waitstatus_to_exitcode(wait_status)
+    text = out_path.read_text() if out_path.exists() else ""
+    tail = (text.strip().splitlines() or [""])[-1]
+    if code not in (0, 1):  # 2 interrupted, 3 internal error, 4 usage, 5 no tests: not a kill
+        return f"error{code}", elapsed, tail
+    return ("survived" if code == 0 else "killed"), elapsed, tail
 
 
 def clean_time(module, tests=None):
@@ -423,7 +483,12 @@ def main(argv=None):
                    help="run `python -m fm_ref verify --check NAME` instead of the tests")
     p.add_argument("--funcs", action="append", metavar="SUBSTRING",
                    help="only mutants inside functions whose qualified name contains this")
+    p.add_argument("--no-fork", action="store_true", help="a fresh interpreter per mutant")
     args = p.parse_args(argv)
+    global FORK
+    FORK = not args.no_fork
+    if FORK and not (args.list or args.report or args.show):
+        _preload()
     if args.report:
         report(args.report)
         return
@@ -486,6 +551,20 @@ def main(argv=None):
         for mod in dict.fromkeys(m["module"] for m in chosen):
             traces[mod] = done[tuple(MODULES[mod][1])]
             print(f"# traced {mod}: {len(traces[mod][0])} tests, {traces[mod][1]:.0f} s", flush=True)
+
+    if FORK and not tests:  # the unmutated tree must pass in a forked child too
+        sets = list(dict.fromkeys(tuple(MODULES[m["module"]][1]) for m in chosen))
+
+        def clean_fork(ts):
+            with tempfile.TemporaryDirectory(prefix="mut_cleanfork_") as d:
+                _make_tree(Path(d))
+                return run_tests(Path(d), list(ts), timeout=3600)
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for ts, (status, elapsed, tail) in zip(sets, pool.map(clean_fork, sets)):
+                print(f"# forked clean run of {' '.join(ts)}: {status} in {elapsed:.0f} s ({tail})", flush=True)
+                if status != "survived":
+                    raise SystemExit("the unmutated tree fails in a forked child; use --no-fork")
 
     def one(m):
         timeout = args.timeout_factor * clean[m["module"]]
