@@ -483,6 +483,8 @@ def main(argv=None):
                    help="run `python -m fm_ref verify --check NAME` instead of the tests")
     p.add_argument("--funcs", action="append", metavar="SUBSTRING",
                    help="only mutants inside functions whose qualified name contains this")
+    p.add_argument("--skip-fork-check", action="store_true",
+                   help="skip the forked clean runs (when a previous run made them on the same tree)")
     p.add_argument("--no-fork", action="store_true", help="a fresh interpreter per mutant")
     args = p.parse_args(argv)
     global FORK
@@ -543,16 +545,16 @@ def main(argv=None):
     lock = threading.Lock()
     counter = iter(range(1, len(chosen) + 1))
 
-    traces = {}
-    if not tests and not args.no_select:
-        sets = list(dict.fromkeys(tuple(MODULES[m["module"]][1]) for m in chosen))
-        with ThreadPoolExecutor(args.jobs) as pool:
-            done = dict(zip(sets, pool.map(lambda ts: trace(list(ts), args.trace_dir), sets)))
-        for mod in dict.fromkeys(m["module"] for m in chosen):
-            traces[mod] = done[tuple(MODULES[mod][1])]
-            print(f"# traced {mod}: {len(traces[mod][0])} tests, {traces[mod][1]:.0f} s", flush=True)
+    traces, trace_locks = {}, {mod: threading.Lock() for mod in MODULES}
 
-    if FORK and not tests:  # the unmutated tree must pass in a forked child too
+    def traced(mod):  # traced on first use (cached on disk), so mutants start at once
+        with trace_locks[mod]:
+            if mod not in traces:
+                traces[mod] = trace(MODULES[mod][1], args.trace_dir)
+                print(f"# traced {mod}: {len(traces[mod][0])} tests, {traces[mod][1]:.0f} s", flush=True)
+        return traces[mod]
+
+    if FORK and not tests and not args.skip_fork_check:  # the unmutated tree must pass forked too
         sets = list(dict.fromkeys(tuple(MODULES[m["module"]][1]) for m in chosen))
 
         def clean_fork(ts):
@@ -569,8 +571,8 @@ def main(argv=None):
     def one(m):
         timeout = args.timeout_factor * clean[m["module"]]
         run_with = tests
-        if m["module"] in traces:
-            records, wall = traces[m["module"]]
+        if not tests and not args.no_select:
+            records, wall = traced(m["module"])
             selected = select_tests(m, records)
             if selected == []:
                 status, elapsed, tail = "survived", 0.0, "no mapped test calls this function"
