@@ -577,3 +577,32 @@ def test_flow_composes_its_layers_in_order():
     np.testing.assert_allclose(ld, np.full(5, 0.2), rtol=REFERENCE_RTOL)
     want = multivariate_normal(np.zeros(2), np.eye(2)).logpdf(z) - 0.2
     np.testing.assert_allclose(flow.log_prob([p1, ()], x), want, rtol=REFERENCE_RTOL)
+
+
+def test_data_init_accepts_two_points_and_refuses_one():
+    """The documented minimum, n ≥ 2: two points give s = log(|x₁ − x₂|/2) (the population
+    std) and b = their midpoint; one point raises by name."""
+    x = np.array([[1.0, -3.0], [4.0, 1.0]])
+    s, b = ElementwiseAffine(2).data_init(x)
+    np.testing.assert_allclose(s, np.log([1.5, 2.0]), rtol=1e-15)
+    np.testing.assert_allclose(b, [2.5, -1.0], rtol=1e-15)
+    with pytest.raises(ValueError, match=r"^x:"):
+        ElementwiseAffine(2).data_init(x[:1])
+
+
+def test_mask_entries_other_than_zero_and_one_raise():
+    """A numeric mask with a 2 or a 0.5 in it is refused by name (as is a string dtype)."""
+    for bad in ([0, 2, 1], [0.5, 1.0, 0.0], np.array(["0", "1", "1"])):
+        with pytest.raises(ValueError, match=r"^mask:"):
+            AffineCoupling(3, mask=bad, hidden=(4,))
+
+
+@pytest.mark.parametrize("hidden", [(3,), (3, 4), (3, 4, 5)])
+def test_masked_autoregressive_init_has_its_sizes_for_any_depth(hidden):
+    """init gives len(hidden) + 1 layers of sizes d → hidden → 2d, the last zero."""
+    layer = MaskedAutoregressive(2, hidden=hidden)
+    params = layer.init(np.random.default_rng(0))
+    layer.check_params(params)
+    sizes = (2,) + hidden + (4,)
+    assert [W.shape for W, _ in params] == list(zip(sizes[:-1], sizes[1:]))
+    assert all(np.any(W) for W, _ in params[:-1]) and not np.any(params[-1][0])
