@@ -354,3 +354,43 @@ def test_flow_bad_input_raises_naming_the_argument():
         default_flow(1, "coupling")
     with pytest.raises(ValueError, match="n_layers"):
         default_flow(2, "maf", n_layers=0)
+
+
+# ------------------------------------------------------------- what MLE training draws and steps
+
+def test_train_flow_mle_first_step_and_batches():
+    """Flow([ElementwiseAffine(1)]) from s = b = 0: the NLL is ½ mean(x²) + ½ log 2π and its
+    gradient (∂_s, ∂_b) = (1 − mean(x²), −mean(x)) by hand, so the default Adam step is
+    −5e-3·g/(|g| + 1e-8). With batch < n each step's batch is distinct rows, the first the
+    rows ``rng.choice(n, batch, replace=False)`` picks, and every row is drawn about
+    steps·batch/n times (z ≤ 5); with batch ≥ n it is the whole set."""
+    from fm_ref.flows import train_flow_mle
+
+    data = np.linspace(-1.0, 2.0, 10)[:, None] ** 3
+    flow = Flow([ElementwiseAffine(1)])
+    start = [(np.zeros(1), np.zeros(1))]
+    seen = []
+    train_flow_mle(flow, data, 1, np.random.default_rng(0), batch=50, params=start,
+                   callback=lambda i, loss, p: seen.append((loss, p)))
+    m1, m2 = np.mean(data), np.mean(data**2)
+    assert np.isclose(seen[0][0], 0.5 * m2 + 0.5 * np.log(2 * np.pi), rtol=1e-14)
+    g = np.array([1.0 - m2, -m1])
+    step = np.array([seen[0][1][0][0][0], seen[0][1][0][1][0]])
+    np.testing.assert_allclose(step, -5e-3 * g / (np.abs(g) + 1e-8), rtol=1e-12)
+
+    batches, inverse = [], flow._inverse
+
+    def recording(p, x):
+        batches.append(np.array(x))
+        return inverse(p, x)
+
+    flow._inverse = recording
+    steps, batch = 300, 3
+    train_flow_mle(flow, data, steps, np.random.default_rng(1), batch=batch, params=start)
+    first = data[np.random.default_rng(1).choice(10, size=batch, replace=False)]
+    np.testing.assert_array_equal(batches[0], first)
+    rows = [np.searchsorted(data[:, 0], b[:, 0]) for b in batches]
+    assert len(rows) == steps and all(len(set(r.tolist())) == batch for r in rows)
+    counts = np.bincount(np.concatenate(rows), minlength=10)
+    p = batch / 10
+    assert np.all(np.abs(counts - steps * p) <= 5 * np.sqrt(steps * p * (1 - p)))
