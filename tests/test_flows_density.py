@@ -394,3 +394,28 @@ def test_train_flow_mle_first_step_and_batches():
     counts = np.bincount(np.concatenate(rows), minlength=10)
     p = batch / 10
     assert np.all(np.abs(counts - steps * p) <= 5 * np.sqrt(steps * p * (1 - p)))
+
+
+@pytest.mark.parametrize("kind", ["coupling", "maf", "planar", "radial"])
+def test_default_flow_is_the_documented_stack(kind):
+    """default_flow(kind): DEFAULT_LAYERS[kind] layers (8, 5, 32, 32) of the kind, hidden
+    (32, 32), masks alternating even/odd from 'even', a Reverse between MADE layers
+    (conditioner 'x'), and an ElementwiseAffine last; dim = 2 by default."""
+    from fm_ref.flows import AffineCoupling, Reverse
+
+    flow = default_flow(kind=kind)
+    assert flow.dim == 2 and isinstance(flow.layers[-1], ElementwiseAffine)
+    body = flow.layers[:-1]
+    if kind == "coupling":
+        assert len(body) == 8 and all(isinstance(l, AffineCoupling) for l in body)
+        assert [l.mask.tolist() for l in body[:2]] == [[1.0, 0.0], [0.0, 1.0]]
+        assert all(l.mask.tolist() == body[i % 2].mask.tolist() for i, l in enumerate(body))
+        assert all(l.net.hidden == (32, 32) for l in body)
+    elif kind == "maf":
+        made = body[0::2]
+        assert len(made) == 5 and all(isinstance(l, MaskedAutoregressive) for l in made)
+        assert all(isinstance(l, Reverse) for l in body[1::2]) and len(body) == 9
+        assert all(l.hidden == (32, 32) and l.conditioner == "x" for l in made)
+    else:
+        assert len(body) == 32 and all(isinstance(l, {"planar": Planar, "radial": Radial}[kind]) for l in body)
+    assert len(default_flow(3, kind, n_layers=2, hidden=(4,)).layers) == (4 if kind == "maf" else 3)
