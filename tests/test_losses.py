@@ -354,3 +354,25 @@ def test_monte_carlo_losses_take_a_float_time_and_match_the_batched_form():
     assert abs(t.mean() - 0.4) <= 5 * 0.4 / np.sqrt(12 * n)
     assert np.all(np.abs(x0.mean(0)) <= 5 / np.sqrt(n))
     assert np.all(np.abs(x1.mean(0) - target.mean()) <= 5 * np.sqrt(np.diag(target.covariance()) / n))
+
+
+def test_quadrature_defaults_are_the_documented_rule():
+    """Defaults n_t = 16, n_x = 12 on [0, 1] (documented): 16 distinct Gauss–Legendre times
+    (the roots of P₁₆ mapped to [0, 1]) and 12^d x-nodes per component; the default losses
+    and conditional_energy equal the explicit (16, 12) calls."""
+    target, path = example_target(dim=2, k=2), CondOT(0.1)
+    roots = np.sort(0.5 * (np.polynomial.legendre.Legendre.basis(16).roots() + 1.0))
+    t, x, w = fm_quadrature_nodes(path, target)
+    assert len(t) == 16 * 2 * 12**2
+    np.testing.assert_allclose(np.unique(t), roots, rtol=1e-13)
+    target = example_target(dim=1, k=2)  # d = 1 keeps the CFM rule small (16·2·12·12 nodes)
+    t, x_0, x_1, w = cfm_quadrature_nodes(path, target)
+    assert len(t) == 16 * 2 * 12 * 12
+    np.testing.assert_allclose(np.unique(t), roots, rtol=1e-13)
+    model, params = _small_model(1, 1)
+    explicit = dict(n_t=16, n_x=12, t_min=0.0, t_max=1.0)
+    assert cfm_loss_quadrature(model, params, path, target) == cfm_loss_quadrature(model, params, path, target,
+                                                                                    **explicit)
+    assert fm_loss_quadrature(model, params, path, target) == fm_loss_quadrature(model, params, path, target,
+                                                                                  **explicit)
+    assert conditional_energy(path, target) == conditional_energy(path, target, 16, 0.0, 1.0)
