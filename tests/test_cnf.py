@@ -712,3 +712,14 @@ def test_results_record_the_interval_and_a_positive_nfev():
     res = flow.push_forward(x, t0=0.25, t1=0.75)
     assert (res.t0, res.t1) == (0.25, 0.75) and res.nfev > 0
     np.testing.assert_allclose(res.x, np.exp(-0.5) * x, rtol=1e-6)
+
+
+def test_trajectory_times_must_be_strictly_monotone_in_either_direction():
+    """A repeated time is refused going up or down (strictly monotone, as documented); a
+    strictly decreasing ts runs backwards from x at ts[0], so x(ts[k]) = e^{−(ts[k] − ts[0])} x."""
+    flow = CNF(lambda x, t: -x, 1)
+    for ts in ([0.2, 0.5, 0.5], [0.5, 0.2, 0.2], [0.5, 0.5]):
+        with pytest.raises(ValueError, match=r"^ts:"):
+            flow.trajectory(np.ones((1, 1)), ts)
+    traj = flow.trajectory(np.ones((1, 1)), [0.9, 0.5, 0.1])
+    np.testing.assert_allclose(traj.xs[:, 0, 0], np.exp([0.0, 0.4, 0.8]), rtol=1e-6)  # solver tol 1e-8
