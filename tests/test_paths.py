@@ -390,3 +390,17 @@ def test_vp_with_a_constant_rate_is_allowed():
     path = VP(2.0, 2.0)
     for t in (0.0, 0.3, 0.9):
         assert abs(path.alpha_t(t) - np.exp(-(1.0 - t))) <= 1e-15
+
+
+def test_conversions_without_a_velocity_work_where_sigma_prime_is_infinite():
+    """VP at t = 1: α = 1, σ = 0 and σ'_t is infinite. Converting ε or the score to x₁ never
+    uses σ'_t, so it works there: x̂₁ = (x − σ x̂₀)/α = x and (x + σ² s)/α = x; only the
+    conversions to or from the velocity need σ'_t and raise by name."""
+    path = VP()
+    rng = np.random.default_rng(0)
+    x, value = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+    np.testing.assert_allclose(path.convert(value, x, 1.0, "eps", "x1"), x, rtol=1e-15)
+    np.testing.assert_allclose(path.convert(value, x, 1.0, "score", "x1"), x, rtol=1e-15)
+    for frm, to in (("eps", "velocity"), ("velocity", "x1")):
+        with pytest.raises(ValueError, match=r"^t:"):
+            path.convert(value, x, 1.0, frm, to)
