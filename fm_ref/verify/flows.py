@@ -145,7 +145,9 @@ def mass_on_grid(log_prob, nodes=401):
 
 
 @register("flows-logdet-slogdet",
-          "every layer kind's log|det ∂x/∂z| (d = 1, 2, 3) and a composition vs slogdet of the autograd Jacobian",
+          "every layer kind's log|det ∂x/∂z| (d = 1, 2, 3) and a composition vs slogdet of the autograd Jacobian "
+          "(the log-det of the map each layer computes, not that the map is the documented one: a wrong shift, "
+          "conditioner or planar offset passes; tests/test_flows.py compares each layer with a hand-built reference)",
           "flows")
 def check_log_det():
     """Largest relative log-det error over every layer kind and dimension."""
