@@ -52,7 +52,8 @@ MODULES = {
     "divergence": ("fm_ref/divergence.py", ["tests/test_divergence.py"]),
     "cnf": ("fm_ref/cnf.py", ["tests/test_cnf.py"]),
     "adjoint": ("fm_ref/adjoint.py", ["tests/test_adjoint.py"]),
-    "nn": ("fm_ref/nn.py", ["tests/test_nn.py"]),
+    # the MLP's hand-written backward pass is tested beside the losses it serves
+    "nn": ("fm_ref/nn.py", ["tests/test_nn.py", "tests/test_losses.py::test_hand_written_backward_matches_autograd"]),
     "distributions": ("fm_ref/distributions.py", ["tests/test_distributions.py"]),
     "flows": ("fm_ref/flows/__init__.py", ["tests/test_flows.py", "tests/test_flows_density.py"]),
     "flows.layers": ("fm_ref/flows/layers.py", ["tests/test_flows.py", "tests/test_flows_density.py"]),
