@@ -52,8 +52,8 @@ def check_change_of_variables_mixture():
     return err, COV_ATOL, "issue bound at solver rtol = atol = 1e-10 (measured ~1e-11)"
 
 
-@register("cnf-linear-field", "push-forward and log p of v = (1 + t)(A x + b) vs the matrix exponential "
-          "and the Gaussian log-density", "cnf")
+@register("cnf-linear-field", "push-forward, log p and sample_with_log_prob (default times) of "
+          "v = (1 + t)(A x + b) vs the matrix exponential and the Gaussian log-density", "cnf")
 def check_linear_field():
     """derivations/06-cnf.md (CNF.6)."""
     A0, b0 = onp.array([[0.2, 1.0], [-0.5, 0.4]]), onp.array([0.3, -0.6])
@@ -65,8 +65,10 @@ def check_linear_field():
     x0 = onp.random.default_rng(11).normal(size=(4, 2))
     moved = flow.push_forward(x0).x
     gauss = GaussianMixture(m[None], (Phi @ Phi.T)[None])
+    drawn = flow.sample_with_log_prob(4, onp.random.default_rng(12))
     err = max(onp.max(onp.abs(moved - (x0 @ Phi.T + m))),
-              onp.max(onp.abs(flow.log_prob(moved).log_prob - gauss.log_prob(moved))))
+              onp.max(onp.abs(flow.log_prob(moved).log_prob - gauss.log_prob(moved))),
+              onp.max(onp.abs(drawn.log_prob - gauss.log_prob(drawn.x))))
     return err, COV_ATOL, "ODE error at solver tolerance 1e-10 (measured ~1e-11)"
 
 
