@@ -190,3 +190,25 @@ def test_train_cnf_mle_batches_cover_the_data_without_replacement(monkeypatch):
     assert np.all(np.abs(counts - steps * p) <= 5 * np.sqrt(steps * p * (1 - p)))
     # a constant gradient of ones: every Adam step is −lr/(1 + 1e-8) per coordinate
     np.testing.assert_allclose(tree_flatten(out), tree_flatten(params) - steps * 0.02 / (1 + 1e-8), rtol=1e-12)
+
+
+def test_train_cnf_mle_defaults_are_the_documented_ones(monkeypatch):
+    """Defaults (documented): lr = 1e-2, batch = 128, rtol = 1e-4, atol = 1e-5, DOP853, the
+    standard normal base; a constant unit gradient makes the one Adam step −lr/(1 + 1e-8)."""
+    from fm_ref.distributions import StandardNormal
+
+    seen = []
+
+    def fake_grad(mlp_, p, x, rtol, atol, method, base):
+        seen.append((x.shape, rtol, atol, method, base))
+        return 0.0, [(np.ones_like(W), np.ones_like(b)) for W, b in p]
+
+    monkeypatch.setattr(adjoint_module, "adjoint_nll_grad", fake_grad)
+    mlp = MLP(2, (3,))
+    params = mlp.init(np.random.default_rng(0))
+    data = np.random.default_rng(1).standard_normal((200, 2))
+    out, _ = train_cnf_mle(mlp, params, data, 1, np.random.default_rng(2))
+    (shape, rtol, atol, method, base), = seen
+    assert shape == (128, 2) and (rtol, atol, method) == (1e-4, 1e-5, "DOP853")
+    assert isinstance(base, StandardNormal) and base.dim == 2
+    np.testing.assert_allclose(tree_flatten(out), tree_flatten(params) - 1e-2 / (1 + 1e-8), rtol=1e-13)
