@@ -318,7 +318,7 @@ def _broken(committed, how):
 
 @pytest.mark.parametrize("how, match", [("missing case", "incomplete"), ("missing output", "sigma_t"),
                                         ("wrong shape", "shape"), ("ragged", "rectangular"),
-                                        ("not numbers", "expected shape")])
+                                        ("not numbers", "expected numbers")])
 def test_malformed_results_raise_a_clear_error(committed, how, match):
     with pytest.raises(ValueError, match=match):
         vectors.compare(committed, _broken(committed, how))
