@@ -27,6 +27,7 @@ import json
 import numpy as np
 
 from .. import __version__
+from .._io import atomic_write_text
 from .schema import check_reference, check_structure, number_array, read_json, worse
 from .cases import (BUILDERS, KINDS, layer_params_from_json, make_layer, make_mlp, make_path,
                            params_from_json)
@@ -106,10 +107,10 @@ def generate(kinds=None, log=None):
 
 
 def write_vectors(path, kinds=None, log=None):
-    """Generate the vectors and write them to ``path``; returns the payload."""
+    """Generate the vectors and write them to ``path`` atomically (``fm_ref._io``: an
+    interrupted write leaves any old file intact); returns the payload."""
     payload = generate(kinds, log)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(dumps(payload))
+    atomic_write_text(path, dumps(payload))
     return payload
 
 
