@@ -117,13 +117,23 @@ class MLP:
         return params
 
     def check_params(self, params):
-        """Raise unless ``params`` is a list of (W, b) of this network's sizes."""
+        """Raise unless ``params`` is a list of (W, b) of this network's sizes, with real
+        floating-point, finite entries (a NaN weight would make every output NaN; a complex
+        one a complex output): ``ValueError``/``TypeError`` naming ``params`` and the layer."""
         params = getval(params)
         if not isinstance(params, (list, tuple)) or len(params) != len(self.sizes) - 1:
             raise TypeError(f"params: expected a list of {len(self.sizes) - 1} (W, b) tuples")
         for i, (layer, fan_in, fan_out) in enumerate(zip(params, self.sizes[:-1], self.sizes[1:])):
-            if len(layer) != 2 or onp.shape(layer[0]) != (fan_in, fan_out) or onp.shape(layer[1]) != (fan_out,):
+            layer = getval(layer)
+            if not isinstance(layer, (list, tuple)) or len(layer) != 2 \
+                    or onp.shape(getval(layer[0])) != (fan_in, fan_out) or onp.shape(getval(layer[1])) != (fan_out,):
                 raise ValueError(f"params: layer {i} expected W ({fan_in}, {fan_out}) and b ({fan_out},)")
+            for name, value in zip("Wb", layer):
+                raw = onp.asarray(getval(value))
+                if raw.dtype.kind != "f":
+                    raise TypeError(f"params: layer {i} {name} expected floating-point values, got dtype {raw.dtype}")
+                if not onp.all(onp.isfinite(raw)):
+                    raise ValueError(f"params: layer {i} {name} expected finite values, got NaN or inf")
 
     def features(self, x, t):
         """The network input [x, t, sin 2πkt, cos 2πkt], shape (n, d + 1 + 2K)."""
