@@ -20,8 +20,9 @@ therefore require ``t_max < 1`` with those paths, and so should Monte Carlo trai
 """
 import autograd.numpy as np
 import numpy as onp
+from autograd.tracer import getval
 
-from ._validate import as_finite_float, as_generator, as_points, as_positive_int, as_time
+from ._validate import as_finite_float, as_generator, as_points, as_positive_int, as_time, finite_result
 from .distributions import GaussianMixture
 from .marginal import marginal_velocity
 from .paths import AffinePath, _col
@@ -84,15 +85,25 @@ def _marginal_target(target, path, x, t, velocity):
     u = velocity(x, t)
     if onp.shape(u) != onp.shape(x):
         raise ValueError(f"velocity: expected velocity(x, t) of shape {onp.shape(x)}, got {onp.shape(u)}")
+    _check_real(u, "velocity")
     return u
+
+
+def _check_real(value, name):
+    """A model or velocity output must be real: a complex one would lose its imaginary
+    part (with only a warning) on the way to a float loss."""
+    kind = onp.asarray(getval(value)).dtype.kind
+    if kind not in "fiu":
+        raise TypeError(f"{name}: expected real floating-point output, got dtype {onp.asarray(getval(value)).dtype}")
 
 
 def _weighted_sq_error(model, params, x, t, target, weights):
     v = model(params, x, t)
     if onp.shape(v) != onp.shape(target):  # a broadcast (n, 1) or (n,) would give a wrong number
         raise ValueError(f"model: expected model(params, x, t) of shape {onp.shape(target)}, got {onp.shape(v)}")
-    diff = v - target
-    return np.sum(weights * np.sum(diff**2, axis=1))
+    _check_real(v, "model")
+    return finite_result("model", "the squared error between the model and its target",
+                         lambda: np.sum(weights * np.sum((v - target) ** 2, axis=1)))
 
 
 def cfm_loss(model, params, path, t, x_0, x_1):
@@ -342,5 +353,6 @@ def conditional_energy(path, target, n_t=16, t_min=0.0, t_max=1.0):
     n_t = _as_n_t(n_t)
     t_min, t_max = _validate_time_range(path, t_min, t_max)
     t, w = _gauss_legendre(n_t, t_min, t_max)
-    integrand = path._d_alpha(t) ** 2 * target.second_moment() + path._d_sigma(t) ** 2 * target.dim
-    return float(onp.sum(w * integrand) / (t_max - t_min))
+    second = target.second_moment()  # raises naming 'means' beyond float64
+    return float(finite_result("target", "the conditional energy", lambda: onp.sum(
+        w * (path._d_alpha(t) ** 2 * second + path._d_sigma(t) ** 2 * target.dim)) / (t_max - t_min)))

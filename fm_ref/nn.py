@@ -17,7 +17,7 @@ import numpy as onp
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
-from ._validate import as_generator, as_points, as_positive_int, as_time
+from ._validate import as_generator, as_points, as_positive_int, as_time, finite_result
 
 __all__ = ["MLP", "ACTIVATIONS"]
 
@@ -161,7 +161,7 @@ class MLP:
     def __call__(self, params, x, t):
         """v_θ(x, t), shape (n, out_dim), for x of shape (n, d) and t a float or (n,)."""
         x, t = self._validate(params, x, t)
-        return self.apply(params, x, t)
+        return finite_result("params", "the network's output", self.apply, params, x, t)
 
     def value_and_jacobian(self, params, x, t):
         """(v_θ(x, t), ∂v/∂x) of shapes (n, out) and (n, out, d), in closed form.
@@ -171,7 +171,7 @@ class MLP:
         (T_{L−1} W_L)ᵀ. Derivation: derivations/06-cnf.md (CNF.8)
         """
         x, t = self._validate(params, x, t)
-        return self._value_and_jacobian(params, x, t)
+        return finite_result("params", "the network's output or Jacobian", self._value_and_jacobian, params, x, t)
 
     def _value_and_tangent(self, params, x, t):
         """(h_{L−1}, T_{L−1}): the last hidden layer, shape (n, h), and its tangent ∂h/∂x, (n, d, h)."""
@@ -199,7 +199,7 @@ class MLP:
         Derivation: derivations/06-cnf.md (CNF.8)
         """
         x, t = self._validate(params, x, t)
-        return self._value_and_divergence(params, x, t)[1]
+        return finite_result("params", "the network's divergence", self._value_and_divergence, params, x, t)[1]
 
     def _value_and_divergence(self, params, x, t):
         if self.out_dim != self.in_dim:
@@ -222,7 +222,8 @@ class MLP:
         Derivation: derivations/06-cnf.md (CNF.8)
         """
         x, t = self._validate(params, x, t)
-        return self._value_and_divergence(params, x, t)
+        return finite_result("params", "the network's output or divergence", self._value_and_divergence,
+                             params, x, t)
 
     def sq_error_and_grad(self, params, x, t, target):
         """Mean squared error and its gradient in θ, by a hand-written backward pass.
@@ -249,7 +250,8 @@ class MLP:
         """
         x, t = self._validate(params, x, t)
         target = as_points(target, "target", dim=self.out_dim, n=x.shape[0])
-        return self._sq_error_and_grad(params, x, t, target)
+        return finite_result("params", "the squared error or its gradient", self._sq_error_and_grad,
+                             params, x, t, target)
 
     def _d_act_given(self, a, h):
         """φ'(a), reusing h = φ(a) where that is exact and cheaper (tanh' = 1 − tanh²)."""

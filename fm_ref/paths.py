@@ -24,7 +24,7 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval, isbox
 
-from ._validate import as_finite_float, as_points, as_time, check_same_shape
+from ._validate import as_finite_float, as_points, as_time, check_same_shape, finite_result
 
 __all__ = ["AffinePath", "CondOT", "VP", "LinearVP", "Cosine", "Polynomial", "PATHS", "KINDS"]
 
@@ -155,8 +155,12 @@ class AffinePath:
         sigma = self._sigma(t)
         _require_nonzero(sigma, "σ_t", t)
         d = x.shape[1]
-        r2 = np.sum((x - _col(self._alpha(t)) * x_1) ** 2, axis=1)
-        return -0.5 * r2 / sigma**2 - d * np.log(sigma) - 0.5 * d * LOG_2PI
+
+        def log_density():
+            r2 = np.sum((x - _col(self._alpha(t)) * x_1) ** 2, axis=1)
+            return -0.5 * r2 / sigma**2 - d * np.log(sigma) - 0.5 * d * LOG_2PI
+
+        return finite_result("x", "the conditional log-density", log_density)
 
     # --- conversions between parameterisations ---------------------------------
     def convert(self, value, x, t, frm, to):
