@@ -270,14 +270,14 @@ class CNF:
                 return self._vdiv
             if self.divergence_fn is not None:
                 return lambda x, t: (self.velocity(x, t), self.divergence_fn(x, t))
-            return lambda x, t: _value_and_divergence(self.velocity, x, t)
+            return lambda x, t: _value_and_divergence(self.velocity, x, t, "velocity")
         if divergence == "hutchinson":
             if probe not in PROBES:
                 raise ValueError(f"probe: expected one of {sorted(PROBES)}, got {probe!r}")
             if eps is None:
                 as_generator(rng)
             fixed = _probes(onp.zeros((n, self.dim)), rng, n_probes, probe, eps)  # drawn ONCE per solve
-            return lambda x, t: _divergence_hutchinson(self.velocity, x, t, fixed)
+            return lambda x, t: _divergence_hutchinson(self.velocity, x, t, fixed, "velocity")
         raise ValueError(f"divergence: expected 'exact' or 'hutchinson', got {divergence!r}")
 
     def _augmented_solve(self, x, t0, t1, ell0, sign, vdiv):
