@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fm_ref import cli, losses, marginal, metrics
+from fm_ref import cli, divergence, losses, marginal, metrics
 from fm_ref.cnf import CNF, NFELimitError
 from fm_ref.distributions import GaussianMixture, StandardNormal
 from fm_ref.flows import ElementwiseAffine, gaussian_baseline_nll
@@ -134,6 +134,8 @@ def _entry_points():
     yield "cnf", st.tuples(good, hostile_floats, hostile_floats), \
         lambda a: CNF(_linear_field(a[1]), 2, max_nfe=5000).push_forward(a[0], 0.0, a[2]).x, \
         ("x", "t0", "t1", "velocity", "max_nfe")
+    yield "divergence", st.tuples(st.one_of(pts, good), t, hostile_floats), \
+        lambda a: divergence.divergence(_linear_field(a[2]), a[0], a[1]), ("f", "x", "t")
     yield "adam", st.tuples(hostile_arrays((2,)), hostile_floats, hostile_floats), \
         lambda a: adam(lambda p, s: (float(np.sum(p[0] ** 2)) if s == 0 else a[1], [a[0]]), [np.ones(2)], 2,
                        lr=0.1, eps=abs(a[2]) if a[2] == a[2] else a[2])[0][0], \

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from fm_ref import losses, metrics
+from fm_ref import divergence, losses, metrics
 from fm_ref.adjoint import adjoint_nll_grad
 from fm_ref.cnf import CNF, MAX_NFE, NFELimitError
 from fm_ref.distributions import Empirical, GaussianMixture, StandardNormal
@@ -192,6 +192,11 @@ def test_complex_velocities_and_model_outputs_raise():
     for call in (lambda: flow.push_forward(X), lambda: flow.log_prob(X)):
         with pytest.raises(TypeError, match=r"^velocity: expected real floating-point values, got dtype complex128"):
             call()
+    for call in (divergence.divergence, divergence.jacobian):
+        with pytest.raises(TypeError, match=r"^f: expected real floating-point values"):
+            call(lambda x, t: x * (1 + 1j), X, 0.5)
+        with pytest.raises(FloatingPointError, match=r"^f: non-finite value"):
+            call(lambda x, t: x * np.nan, X, 0.5)
     with pytest.raises(TypeError, match=r"^model: expected real floating-point output"):
         losses.cfm_loss(lambda p, x, t: x * (1 + 0j), None, CondOT(), np.full(5, 0.5), X, X)
     target = GaussianMixture(np.zeros((1, 2)), np.ones(1))
