@@ -112,14 +112,18 @@ def adjoint_nll_grad(mlp, params, x, rtol=1e-8, atol=1e-8, method="DOP853", base
         a = y[nd:2 * nd].reshape(n, d)
         v = mlp.apply(params, z, t)
         gz, gth = grad_h((z, flat), a, t)
-        return onp.concatenate([onp.ravel(v), -onp.ravel(gz), -gth])
+        out = onp.concatenate([onp.ravel(v), -onp.ravel(gz), -gth])
+        if not onp.all(onp.isfinite(out)):  # a NaN slope would send solve_ivp round until max_nfe
+            raise FloatingPointError(f"params: the adjoint ODE's slope is non-finite at t = {t!r} (overflow)")
+        return out
 
     a0 = -onp.asarray(grad(lambda z: np.sum(base.log_prob(z)))(z0)) / n
     y0 = onp.concatenate([z0.ravel(), a0.ravel(), onp.zeros(flat.size)])
     rhs = capped_rhs(rhs, max_nfe, method, 0.0, 1.0, "the adjoint pass")
-    sol = solve_ivp(rhs, (0.0, 1.0), y0, method=method, rtol=rtol, atol=atol)
+    with onp.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):  # as in CNF._solve
+        sol = solve_ivp(rhs, (0.0, 1.0), y0, method=method, rtol=rtol, atol=atol)
     if sol.status != 0:
-        raise RuntimeError(f"solve_ivp ({method}) failed on the adjoint pass: {sol.message}")
+        raise RuntimeError(f"params: solve_ivp ({method}) failed on the adjoint pass: {sol.message}")
     y1 = sol.y[:, -1]
     if not onp.all(onp.isfinite(y1)):
         raise FloatingPointError("the adjoint pass produced non-finite values")

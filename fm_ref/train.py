@@ -128,10 +128,14 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
         c1, c2 = 1.0 - b1 ** (i + 1), 1.0 - b2 ** (i + 1)
         grads = _checked_grads(g, theta, i)
         for j, g_j in enumerate(grads):
-            m[j] *= b1
-            m[j] += (1.0 - b1) * g_j
-            v[j] *= b2
-            v[j] += (1.0 - b2) * (g_j * g_j)
+            with onp.errstate(over="ignore", under="ignore"):
+                m[j] *= b1
+                m[j] += (1.0 - b1) * g_j
+                v[j] *= b2
+                v[j] += (1.0 - b2) * (g_j * g_j)
+            if not onp.all(onp.isfinite(v[j])):
+                raise FloatingPointError(f"loss_and_grad: the gradient (leaf {j}) at step {i} is too large for "
+                                         f"Adam: its square overflows float64 (|g| > 1e154); rescale the loss")
             with onp.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 denom = onp.sqrt(v[j] / c2) + eps
                 # A coordinate whose gradient has been exactly 0 so far (m = v = 0) stays put,
