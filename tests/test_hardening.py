@@ -173,6 +173,13 @@ def test_a_stiff_field_stops_at_max_nfe_with_a_clear_error(monkeypatch):
             CNF(lambda x, t: -x, 2, max_nfe=bad)
 
 
+def test_fixed_step_rk4_caps_its_step_count():
+    from fm_ref.adjoint import nll_rk4
+
+    with pytest.raises(ValueError, match=r"^steps: expected at most 100000"):
+        nll_rk4(MLP2, PARAMS, X, 10**9)
+
+
 def test_every_quadrature_entry_point_caps_its_node_count():
     """Before: conditional_energy built n_t Gauss–Legendre nodes for any n_t (O(n_t³) time)."""
     target = GaussianMixture(np.zeros((1, 1)), np.ones(1))
