@@ -14,7 +14,8 @@ for Gaussian components) and the exact sum over the target's components (FM.5, F
 
 For VP and LinearVP, σ'_t² ~ 1/(1 − t) near t = 1, so E‖u_t(x_t|x₁)‖² is not
 integrable on [0, 1]: L_CFM is infinite (L_FM too for a data set; it stays finite for
-non-singular Σ_k), while the gradients still agree at each t. The quadrature functions
+non-singular Σ_k) and has no gradient; what stays finite, and agrees between the two
+losses, is the expected per-sample gradient (it needs only |σ'_t| integrable). The quadrature functions
 therefore require ``t_max < 1`` with those paths, and so should Monte Carlo training
 (derivations/04-flow-matching.md (FM.7)).
 """
