@@ -170,7 +170,7 @@ def test_train_cnf_mle_batches_cover_the_data_without_replacement(monkeypatch):
     base = StandardNormal(2)
     seen = []
 
-    def fake_grad(mlp_, p, x, rtol, atol, method, base):
+    def fake_grad(mlp_, p, x, rtol, atol, method, base, max_nfe=None):
         seen.append((x.copy(), rtol, atol, method, base))
         return float(len(seen)), [(np.ones_like(W), np.ones_like(b)) for W, b in p]
 
