@@ -199,7 +199,7 @@ def test_train_cnf_mle_defaults_are_the_documented_ones(monkeypatch):
 
     seen = []
 
-    def fake_grad(mlp_, p, x, rtol, atol, method, base):
+    def fake_grad(mlp_, p, x, rtol, atol, method, base, max_nfe):
         seen.append((x.shape, rtol, atol, method, base))
         return 0.0, [(np.ones_like(W), np.ones_like(b)) for W, b in p]
 
