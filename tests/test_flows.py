@@ -606,3 +606,9 @@ def test_masked_autoregressive_init_has_its_sizes_for_any_depth(hidden):
     sizes = (2,) + hidden + (4,)
     assert [W.shape for W, _ in params] == list(zip(sizes[:-1], sizes[1:]))
     assert all(np.any(W) for W, _ in params[:-1]) and not np.any(params[-1][0])
+
+
+def test_reprs_name_each_layer_and_its_configuration():
+    """A Flow's repr lists its layers in order, each with its configuration."""
+    flow = Flow([ElementwiseAffine(2), Permutation(2, [1, 0]), Reverse(2)])
+    assert repr(flow) == "Flow([ElementwiseAffine(dim=2), Permutation(dim=2, perm=[1, 0]), Reverse(dim=2)])"
