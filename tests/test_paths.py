@@ -404,3 +404,14 @@ def test_conversions_without_a_velocity_work_where_sigma_prime_is_infinite():
     for frm, to in (("eps", "velocity"), ("velocity", "x1")):
         with pytest.raises(ValueError, match=r"^t:"):
             path.convert(value, x, 1.0, frm, to)
+
+
+@pytest.mark.parametrize("path", [CondOT(0.0), CondOT(0.1), Cosine(), Polynomial(2.0)])
+def test_derivatives_at_the_endpoint_t0_match_autograd(path):
+    """α'_t, σ'_t at t = 0 exactly (a float and inside an (n,) array), against autograd of
+    α_t, σ_t (DESIGN tier 1e-10): the endpoint is in the documented range [0, 1]. atol
+    1e-15: where the derivative is 0 (cosine σ'_0), autograd's cos(π/2) leaves ~1e-16."""
+    for f, df in ((path.alpha_t, path.d_alpha_t), (path.sigma_t, path.d_sigma_t)):
+        want = autograd.grad(f)(0.0)
+        assert np.isclose(df(0.0), want, rtol=1e-10, atol=1e-15)
+        np.testing.assert_allclose(df(np.array([0.0, 0.5])), [want, autograd.grad(f)(0.5)], rtol=1e-10, atol=1e-15)
