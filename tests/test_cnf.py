@@ -723,3 +723,5 @@ def test_trajectory_times_must_be_strictly_monotone_in_either_direction():
             flow.trajectory(np.ones((1, 1)), ts)
     traj = flow.trajectory(np.ones((1, 1)), [0.9, 0.5, 0.1])
     np.testing.assert_allclose(traj.xs[:, 0, 0], np.exp([0.0, 0.4, 0.8]), rtol=1e-6)  # solver tol 1e-8
+    two = flow.trajectory(np.ones((1, 1)), [0.2, 0.7])  # m = 2, the documented minimum
+    np.testing.assert_allclose(two.xs[:, 0, 0], np.exp([0.0, -0.5]), rtol=1e-6)
