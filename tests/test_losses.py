@@ -376,3 +376,14 @@ def test_quadrature_defaults_are_the_documented_rule():
     assert fm_loss_quadrature(model, params, path, target) == fm_loss_quadrature(model, params, path, target,
                                                                                   **explicit)
     assert conditional_energy(path, target) == conditional_energy(path, target, 16, 0.0, 1.0)
+
+
+def test_the_fm_rule_refuses_more_than_the_node_cap():
+    """k·n_xᵈ·n_t above the 4·10⁶ cap (2·80³·4 = 4.1·10⁶ in d = 3) is refused by name
+    before any node is built; just below it (n_t = 3, 3.1·10⁶) the count check passes."""
+    from fm_ref.losses import _validate_quadrature
+
+    target = GaussianMixture(np.zeros((2, 3)), np.ones(2))
+    with pytest.raises(ValueError, match=r"^n_x:"):
+        fm_quadrature_nodes(CondOT(0.01), target, n_t=4, n_x=80, t_max=0.5)
+    assert _validate_quadrature(CondOT(0.01), target, 3, 80, 0.0, 0.5, "fm") == (3, 80, 0.0, 0.5)
