@@ -297,7 +297,7 @@ _positive_int = _int_in(1, 10**9)
 #: Bounds for the numeric options: far above any useful value, low enough that a typo
 #: cannot ask for hours of work or more memory than the machine has.
 MAX_STEPS = 10**6  # CFM steps (the demo's default is 2000; 10⁶ is many hours)
-MAX_JOBS = 256
+MAX_JOBS = 64  # worker processes: more than the models to train only costs memory
 MAX_REPEATS = 1000
 MAX_SEED = 2**128  # numpy's SeedSequence takes any non-negative integer; 128 bits is plenty
 
