@@ -14,7 +14,8 @@ for Gaussian components) and the exact sum over the target's components (FM.5, F
 
 For VP and LinearVP, σ'_t² ~ 1/(1 − t) near t = 1, so E‖u_t(x_t|x₁)‖² is not
 integrable on [0, 1]: L_CFM is infinite (L_FM too for a data set; it stays finite for
-non-singular Σ_k), while the gradients still agree at each t. The quadrature functions
+non-singular Σ_k) and has no gradient; what stays finite, and agrees between the two
+losses, is the expected per-sample gradient (it needs only |σ'_t| integrable). The quadrature functions
 therefore require ``t_max < 1`` with those paths, and so should Monte Carlo training
 (derivations/04-flow-matching.md (FM.7)).
 """
@@ -163,7 +164,8 @@ def sample_training_batch(target, n, rng, t_min=0.0, t_max=1.0):
 # ----------------------------------------------------------------- quadrature
 
 
-#: Half-width of the trapezoid rule for N(0, 1): the mass beyond |z| = 8 is 1.2e-15.
+#: Half-width of the trapezoid rule for N(0, 1): beyond |z| = 8 lie 1.2e-15 of the mass,
+#: 8.2e-14 of E z² and 5.4e-12 of E z⁴ (derivations/04-flow-matching.md (FM.5)).
 _TRAPEZOID_HALF_WIDTH = 8.0
 
 
@@ -186,10 +188,13 @@ def _gaussian_rule(n_x, dim):
     """Tensor trapezoid rule for E[f(z)], z ~ N(0, I_dim): nodes (n_x^dim, dim), weights.
 
     On [−8, 8] with step h = 16/(n_x − 1) and weights h φ(z_j). For integrands analytic
-    in a strip around the real axis (the MLP, the mixture's marginal velocity) the error
-    falls like exp(−c/h), exponentially in n_x; Gauss–Hermite nodes converge only like
-    exp(−c√n_x) for such functions (measured: 1e-9 needs ≈ 96 Hermite nodes in d = 1,
-    64 trapezoid nodes reach 2e-10).
+    in the strip |Im z| < τ (the MLP, the mixture's marginal velocity) the error falls
+    like exp(−2πτ/h), exponentially in n_x; Gauss–Hermite nodes converge only like
+    exp(−c√n_x) for such functions. Measured on FM.4's gradient gap (d = 1, numerics
+    note N1 of derivations/04-flow-matching.md (FM.5)): the trapezoid rule reaches
+    2.4e-11 (CondOT) and 1.0e-10 (VP) at 64 nodes, Gauss–Hermite 3.3e-8 and 4.6e-8 at 64
+    and 1.1e-9 and 6.4e-9 at 96. The truncation at |z| = 8 leaves ~1e-13 relative for a
+    quadratic integrand and ~2e-12 for a quartic one.
 
     Derivation: derivations/04-flow-matching.md (FM.5)
     """
@@ -255,10 +260,13 @@ def cfm_quadrature_nodes(path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0):
     up to the trapezoid rule's error (2e-4 relative at n_x = 12, 6e-8 at 16, < 1e-15 from 24)
 
     Accuracy: the defaults (n_t = 16, n_x = 12) are for a quick look, about 1e-3 relative
-    for a 2-D target; the x-rule's error falls like exp(−2π²(n_x − 1)²/256) and the t-rule's
-    like Gauss–Legendre's, so raise both until the result stops moving (the convergence
-    table of derivations/04-flow-matching.md (FM.5): 1e-8 and better from n_x ≈ 32). n_x is
-    at least 12; the node count is capped at 4·10⁶.
+    for a 2-D target; for an integrand analytic in the strip |Im z| < τ the x-rule's error
+    falls like exp(−2πτ(n_x − 1)/16) (only the weights' sum, an entire integrand, falls like
+    exp(−2π²(n_x − 1)²/256)), and the t-rule's like Gauss–Legendre's, so raise both until the
+    result stops moving. The convergence table (numerics note N1 of
+    derivations/04-flow-matching.md (FM.5), a 1-D gradient gap): ~3e-6 at n_x = 32, ~1e-8 at
+    48, 2e-11 to 1e-10 at 64, ~1e-14 at 96. n_x is at least 12; the node count is capped at
+    4·10⁶.
 
     Derivation: derivations/04-flow-matching.md (FM.5)
     """

@@ -6,7 +6,8 @@ p_t(x | x₁) = N(x; α_t x₁, σ_t² I) and its conditional velocity is
 
     u_t(x | x₁) = (σ'_t / σ_t)(x − α_t x₁) + α'_t x₁ ,
 
-which on the path equals α'_t x₁ + σ'_t x₀ (derivations/01-gaussian-paths.md (PATH.3)).
+(derivations/01-gaussian-paths.md (PATH.3)), which on the path equals α'_t x₁ + σ'_t x₀
+(derivations/01-gaussian-paths.md (PATH.4)).
 σ_t + α_t = 1 holds for CondOT with σ_min = 0 and for Polynomial, not in general.
 
 Every method takes ``t`` as a float or an array of shape (n,), one time per point, and
