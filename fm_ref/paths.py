@@ -21,6 +21,8 @@ Endpoints. α_t, σ_t are defined on [0, 1]. Where a quantity is undefined, it r
 where α_t = 0 (t = 0, except VP, whose α₀ = exp(−(β_min + β_max)/4) ≈ 6.6e-3 for the
 default β's: VP never reaches pure noise).
 """
+import functools
+
 import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval, isbox
@@ -61,6 +63,19 @@ def _array_route(fn):
 
     wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = fn.__name__, fn.__doc__, fn
     return wrapped
+
+
+def _overflow_named(name, what):
+    """Decorate a method so that a result beyond float64 raises ``ValueError`` naming
+    ``name`` (``_validate.finite_result``), never NaN, inf or a RuntimeWarning."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapped(self, *args, **kwargs):
+            return finite_result(name, what, lambda: method(self, *args, **kwargs))
+
+        return wrapped
+
+    return decorate
 
 
 def _require_nonzero(value, what, t):
@@ -122,6 +137,7 @@ class AffinePath:
         check_same_shape(x, x_1, x_name, x1_name)
         return x, x_1, as_time(t, n=x.shape[0])
 
+    @_overflow_named("x_1", "x_t")
     def sample(self, x_0, x_1, t):
         """x_t = σ_t x₀ + α_t x₁, shape (n, d).
 
@@ -135,6 +151,7 @@ class AffinePath:
         x_0, x_1, t = self._validate(x_0, x_1, t, x_name="x_0")
         return _col(self._sigma(t)) * x_0 + _col(self._alpha(t)) * x_1
 
+    @_overflow_named("x", "the conditional velocity")
     def conditional_velocity(self, x, x_1, t):
         """u_t(x | x₁) = (σ'_t/σ_t)(x − α_t x₁) + α'_t x₁, shape (n, d). Needs σ_t > 0.
 
@@ -164,6 +181,7 @@ class AffinePath:
         return finite_result("x", "the conditional log-density", log_density)
 
     # --- conversions between parameterisations ---------------------------------
+    @_overflow_named("value", "the converted prediction")
     def convert(self, value, x, t, frm, to):
         """Translate a prediction at (x, t) between velocity, x₁, ε (= x₀) and score.
 
