@@ -181,19 +181,18 @@ def cmd_check(args):
         tol = case.get("tolerance")
         if not (isinstance(tol, dict) and all(isinstance(tol.get(k), (int, float)) for k in ("abs", "rel"))):
             raise ValueError(f"VECTORS: case {case['id']!r} has no tolerance {{'abs': ..., 'rel': ...}}")
-    report = vectors.compare(ref, got, kinds=args.kind)
+    report = vectors.compare(ref, got, kinds=args.kind, ids=args.id, outputs=args.output, present=args.present,
+                             tier=args.tier)
     unknown = sorted({c["id"] for c in got["cases"]} - {c["id"] for c in ref["cases"]})
     if unknown:
         _say(f"note: {len(unknown)} case(s) in {args.results} are not in {args.vectors} and were ignored: "
              f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
-    by_kind = {}
-    for r in report:
-        by_kind.setdefault(r["kind"], []).append(r)
-    rows = [[kind, str(len(rs)), str(sum(r["passed"] for r in rs)), fmt(max(r["max_abs"] for r in rs), ".2e"),
-             fmt(max(r["max_rel"] for r in rs), ".2e"), fmt(max(r["ratio"] for r in rs), ".2g")]
-            for kind, rs in by_kind.items()]
-    _say(f"fm-ref check: {args.results} against {args.vectors} ({len(report)} cases)\n")
-    _say(format_table(["kind", "cases", "passed", "max abs err", "max rel err", "worst err/tol"], rows))
+    selected = vectors.select_cases(ref, args.kind, args.id, args.output)
+    rows, skipped = _check_rows(selected, report)
+    _say(f"fm-ref check: {args.results} against {args.vectors} ({len(report)} cases checked"
+         + (f", {len(skipped)} skipped" if args.present else "") + f"; tier {args.tier})\n")
+    _say(format_table(["kind", "cases", "checked", "skipped", "failed", "max abs err", "max rel err",
+                       "worst err/tol"], rows))
     failed = [r for r in report if not r["passed"]]
     shown = report if args.all else failed
     if shown:
@@ -202,12 +201,36 @@ def cmd_check(args):
                           [[r["id"], fmt(r["max_abs"], ".2e"), fmt(r["max_rel"], ".2e"), fmt(r["abs"], ".0e"),
                             fmt(r["rel"], ".0e"), fmt(r["ratio"], ".2g"), "pass" if r["passed"] else "FAIL"]
                            for r in shown]))
+    if args.present and skipped:
+        outs = sum(len(r["skipped"]) for r in report)
+        _say(f"\nskipped (not in {args.results}): {len(skipped)} case(s)" + (f" and {outs} output(s) of checked "
+             "cases" if outs else "") + (": " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")))
     _say(f"\n{len(report) - len(failed)}/{len(report)} cases within tolerance"
          + ("" if not failed else f"; {len(failed)} FAILED") + "  (err/tol = max |got - ref| / (abs + rel |ref|))")
     if args.json:
-        _write_json(args.json, {"passed": not failed, "n_cases": len(report), "cases": report})
+        _write_json(args.json, {"passed": not failed, "n_cases": len(report), "tier": args.tier,
+                                "skipped": skipped, "cases": report})
         _say(f"wrote {args.json}")
     return 1 if failed else 0
+
+
+def _check_rows(selected, report):
+    """Per kind: selected cases, checked, skipped (absent from the results), failed, worst errors;
+    and the ids of the skipped cases."""
+    by_id = {r["id"]: r for r in report}
+    kinds = {}
+    for case in selected:
+        kinds.setdefault(case.get("kind", ""), []).append(case["id"])
+    rows, skipped = [], []
+    for kind, ids in kinds.items():
+        rs = [by_id[i] for i in ids if i in by_id]
+        skipped += [i for i in ids if i not in by_id]
+        worst = [fmt(max(r[k] for r in rs), spec) if rs else "-"
+                 for k, spec in (("max_abs", ".2e"), ("max_rel", ".2e"), ("ratio", ".2g"))]
+        partial = sum(bool(r["skipped"]) for r in rs)
+        rows.append([kind, str(len(ids)), str(len(rs)) + (f" ({partial} partly)" if partial else ""),
+                     str(len(ids) - len(rs)), str(sum(not r["passed"] for r in rs))] + worst)
+    return rows, skipped
 
 
 # ----------------------------------------------------------------------------- demo
@@ -302,7 +325,7 @@ def build_parser():
     p.add_argument("--check", action="append", metavar="NAME", help="run only the check NAME (repeatable)")
     p.set_defaults(func=cmd_verify)
 
-    from .vectors import KINDS
+    from .vectors import KINDS, TIERS
 
     p = sub.add_parser("vectors", help="write the golden reference vectors (float64 JSON)")
     p.add_argument("--out", metavar="FILE", required=True, help="the JSON file to write")
@@ -314,6 +337,15 @@ def build_parser():
     p.add_argument("results", metavar="RESULTS", help="your outputs: the same schema, each case with id and outputs")
     p.add_argument("--kind", action="append", choices=KINDS,
                    help="check only cases of this kind (repeatable); RESULTS need hold only those")
+    p.add_argument("--id", action="append", metavar="PATTERN",
+                   help="check only cases whose id matches PATTERN (shell-style, e.g. 'marginal/mix1d/*'; repeatable)")
+    p.add_argument("--output", action="append", metavar="NAME",
+                   help="check only the output NAME (e.g. log_prob; repeatable)")
+    p.add_argument("--present", action="store_true",
+                   help="partial mode: check exactly the selected cases and outputs that RESULTS holds, "
+                        "skip the rest (default: every selected case and output must be there)")
+    p.add_argument("--tier", choices=tuple(TIERS), default="float64",
+                   help="tolerance tier: float64 (default) or float32 (for single-precision code)")
     p.add_argument("--all", action="store_true", help="list every case, not only the failed ones")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=cmd_check)

@@ -22,6 +22,7 @@ The cases themselves (inputs, reference outputs, tolerances) are built in
 
 Derivation: derivations/08-evaluation.md (EVAL.5) (EVAL.6)
 """
+import fnmatch
 import json
 
 import numpy as np
@@ -31,7 +32,7 @@ from .cases import (BUILDERS, KINDS, layer_params_from_json, make_layer, make_ml
                            params_from_json)
 
 __all__ = ["SCHEMA_VERSION", "KINDS", "generate", "write_vectors", "load_json", "compare",
-           "case_arrays", "dumps", "make_path", "make_mlp", "params_from_json", "make_layer",
+           "case_arrays", "dumps", "select_cases", "TIERS", "make_path", "make_mlp", "params_from_json", "make_layer",
            "layer_params_from_json"]
 
 SCHEMA_VERSION = 1
@@ -168,7 +169,34 @@ def _case_errors(ref, got, tol):
     return float(np.max(diff)) if diff.size else 0.0, rel, ratio
 
 
-def compare(vectors, results, kinds=None):
+#: Tolerance tiers: the key of a case's tolerance for each (see derivations/08-evaluation.md).
+TIERS = {"float64": "tolerance", "float32": "tolerance_float32"}
+
+
+def select_cases(vectors, kinds=None, ids=None, outputs=None):
+    """The reference cases chosen by kind, id pattern and output name (each None: all).
+
+    ``ids`` are shell-style patterns (``fnmatch``: ``marginal/mix1d/*``) matched against
+    case ids; with ``outputs``, a case is chosen when its reference has one of those
+    outputs. A selector that matches no reference case raises ``ValueError`` naming it.
+    """
+    cases = list(vectors["cases"])
+    if kinds is not None:
+        cases = [c for c in cases if c.get("kind") in kinds]
+        if not cases:
+            raise ValueError(f"kinds: no reference case has a kind in {sorted(kinds)}")
+    for flag, wanted, hit in (("--id", ids, lambda c, w: fnmatch.fnmatchcase(c["id"], w)),
+                              ("--output", outputs, lambda c, w: w in c["outputs"])):
+        if wanted is None:
+            continue
+        for w in wanted:
+            if not any(hit(c, w) for c in cases):
+                raise ValueError(f"{flag}: no selected reference case matches {w!r}")
+        cases = [c for c in cases if any(hit(c, w) for w in wanted)]
+    return cases
+
+
+def compare(vectors, results, kinds=None, ids=None, outputs=None, present=False, tier="float64"):
     """Compare results with reference vectors, case by case.
 
     Parameters
@@ -177,35 +205,56 @@ def compare(vectors, results, kinds=None):
         Payloads as returned by ``load_json``.
     kinds : iterable of str, optional
         Check only cases of these kinds (the results need hold only those).
+    ids : iterable of str, optional
+        Check only cases whose id matches one of these ``fnmatch`` patterns.
+    outputs : iterable of str, optional
+        Check only these outputs (and only cases that have one of them).
+    present : bool
+        False (strict, the default): every selected case and output must be in the
+        results. True (partial): check exactly what the results hold among the selected
+        cases and outputs; the rest is skipped. Either way nothing checkable is an error.
+    tier : {'float64', 'float32'}
+        Which tolerance to apply: each case's ``tolerance`` or ``tolerance_float32``.
 
     Returns
     -------
     list of dict, one per checked case: id, kind, max_abs, max_rel, ratio (worst error in
-    units of the tolerance), tolerance, passed.
+    units of the tolerance), abs, rel, passed, checked (output names compared) and
+    skipped (selected outputs absent from the results, in partial mode).
 
-    Raises ``ValueError`` for an incomplete or malformed results file (a missing case or
-    output, a wrong shape, non-finite values).
+    Raises ``ValueError`` for an incomplete (in strict mode) or malformed results file (a
+    missing case or output, a wrong shape, non-finite values), or nothing to check.
     """
+    if tier not in TIERS:
+        raise ValueError(f"tier: expected one of {sorted(TIERS)}, got {tier!r}")
     got_by_id = {c["id"]: c for c in results["cases"]}
-    ref_cases = [c for c in vectors["cases"] if kinds is None or c.get("kind") in kinds]
-    if not ref_cases:
-        raise ValueError(f"kinds: no reference case has a kind in {sorted(kinds)}")
+    ref_cases = select_cases(vectors, kinds, ids, outputs)
     missing = [c["id"] for c in ref_cases if c["id"] not in got_by_id]
-    if missing:
+    if missing and not present:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ValueError(f"RESULTS: incomplete, {len(missing)} case(s) missing: "
-                         f"{', '.join(missing[:5])}{more} (use --kind to check only some kinds)")
+                         f"{', '.join(missing[:5])}{more} (use --kind or --id to select cases, "
+                         "or --present to check only what RESULTS holds)")
     report = []
     for case in ref_cases:
         cid = case["id"]
-        tol = case["tolerance"]
+        if cid not in got_by_id:
+            continue
+        tol = case.get(TIERS[tier])
+        if not isinstance(tol, dict):
+            raise ValueError(f"VECTORS: case {cid!r} has no '{TIERS[tier]}' (needed by --tier {tier})")
         ref = case_arrays(case["outputs"], f"VECTORS case {cid!r}")
         got = case_arrays(got_by_id[cid]["outputs"], f"RESULTS case {cid!r}")
+        names = [k for k in ref if outputs is None or k in outputs]
+        absent = [k for k in names if k not in got]
+        if absent and not present:
+            raise ValueError(f"RESULTS: case {cid!r} lacks the output '{absent[0]}'")
+        checked = [k for k in names if k in got]
+        if not checked:
+            continue
         worst = (0.0, 0.0, 0.0)
-        for name, r in ref.items():
-            if name not in got:
-                raise ValueError(f"RESULTS: case {cid!r} lacks the output '{name}'")
-            g = got[name]
+        for name in checked:
+            r, g = ref[name], got[name]
             if not isinstance(g, np.ndarray) or g.shape != r.shape:
                 shape = g.shape if isinstance(g, np.ndarray) else type(g).__name__
                 raise ValueError(f"RESULTS: case {cid!r} output '{name}' expected shape {r.shape}, got {shape}")
@@ -214,5 +263,8 @@ def compare(vectors, results, kinds=None):
             errs = _case_errors(r, g, tol)
             worst = tuple(max(a, b) for a, b in zip(worst, errs))
         report.append({"id": cid, "kind": case.get("kind", ""), "max_abs": worst[0], "max_rel": worst[1],
-                       "ratio": worst[2], "abs": tol["abs"], "rel": tol["rel"], "passed": bool(worst[2] <= 1.0)})
+                       "ratio": worst[2], "abs": tol["abs"], "rel": tol["rel"], "passed": bool(worst[2] <= 1.0),
+                       "checked": checked, "skipped": absent})
+    if not report:
+        raise ValueError("RESULTS: nothing to check: no selected reference case has an output in RESULTS")
     return report
