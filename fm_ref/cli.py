@@ -8,6 +8,8 @@ verify   run the theorem checks of ``fm_ref.verify`` and print a table
 vectors  write the golden reference vectors (float64, bit-exact JSON)
 check    compare another implementation's results with the reference vectors
 bench    time the operations that matter (medians over repeats)
+log-prob the exact log p₁ of your points under your own saved velocity MLP (fm_ref.usermodel)
+sample   samples of your own saved velocity MLP
 
 Exit codes: 0 success; 1 a check or a comparison failed; 2 bad arguments or a bad
 file (a one-line ``fm-ref: error: ...`` message, never a traceback).
@@ -355,6 +357,10 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
+
+    from .usermodel import add_parsers  # log-prob and sample: your own saved MLP
+
+    add_parsers(sub)
     return parser
 
 
