@@ -51,6 +51,7 @@ def test_committed_file_is_what_the_code_generates(fresh, committed):
         assert old["inputs"] == new["inputs"], old["id"]
         assert {k: v for k, v in old["tolerance"].items() if k != "reference_error"} == \
                {k: v for k, v in new["tolerance"].items() if k != "reference_error"}, old["id"]
+        assert old["tolerance_float32"] == new["tolerance_float32"], old["id"]
         for name, ref in vectors.case_arrays(old["outputs"], old["id"]).items():
             now = np.asarray(new["outputs"][name])
             bound = REGEN_ULPS * EPS * max(np.max(np.abs(ref)), 1e-300)
@@ -162,6 +163,10 @@ def _own_outputs(case):
         z_inv = _newton_inverse(f, x)
         return {"forward_x": np.stack([f(zi) for zi in z]), "forward_log_det": _slogdets(f, z),
                 "inverse_z": z_inv, "inverse_log_det": -_slogdets(f, z_inv)}
+    if kind == "flow_map":
+        return _own_flow_map(inp)
+    if kind == "fixed_step":
+        return {"x_t": _own_fixed_step(inp)}
     field = _own_mlp(inp["mlp"], inp["params"])  # from the file's conventions, not fm_ref's MLP
     if kind == "mlp_divergence":
         x, t = np.asarray(inp["x"]), np.asarray(inp["t"])
@@ -256,6 +261,75 @@ def _newton_inverse(f, x, iters=60):
     return np.array(out)
 
 
+def _own_flow_map(inp, root=0.5):
+    """φ_t(x₀) = α_tμ + (C_t C_0⁻¹)^root (x₀ − α_0μ) by scipy's Schur-based sqrtm (root = ½), and
+    u_t(x) = α'_tμ + ½ C'_t C_t⁻¹ (x − α_tμ) with C'_t from autograd derivatives of the schedules."""
+    from scipy.linalg import sqrtm
+
+    a, s = _schedules(inp["path"]["name"], inp["path"]["params"])
+    da, ds = elementwise_grad(a), elementwise_grad(s)
+    mean, cov, x_0 = (np.asarray(v) for v in (inp["target"]["mean"], inp["target"]["cov"], inp["x_0"]))
+    eye = np.eye(mean.size)
+    C = lambda t: a(t) ** 2 * cov + s(t) ** 2 * eye  # noqa: E731
+    root_0 = np.linalg.inv(np.real(sqrtm(C(0.0)))) if root == 0.5 else np.linalg.inv(C(0.0))
+    xs, us = [], []
+    for t in np.asarray(inp["t"]):
+        A = (np.real(sqrtm(C(t))) if root == 0.5 else C(t)) @ root_0
+        x = a(t) * mean + (x_0 - a(0.0) * mean) @ A.T
+        dC = 2.0 * (a(t) * da(t) * cov + s(t) * ds(t) * eye)
+        xs.append(x)
+        us.append(da(t) * mean + 0.5 * np.linalg.solve(C(t), dC @ (x - a(t) * mean).T).T)
+    return {"x_t": np.stack(xs), "u_t_at_x_t": np.stack(us)}
+
+
+def _own_fixed_step(inp, midpoint_stage=0.5, dtype=np.float64):
+    """The four rules written out on t_k = k/N, with the MLP from the file's conventions
+    (``dtype`` float32: the whole computation in single precision, plain NumPy)."""
+    n_steps, method = inp["steps"], inp["method"]
+    if dtype == np.float64:
+        one = _own_mlp(inp["mlp"], inp["params"])
+        v = lambda x, t: np.stack([one(z, t) for z in x])  # noqa: E731
+    else:
+        v = _own_mlp_float32(inp["mlp"], inp["params"])
+    x = np.asarray(inp["x_0"], dtype=dtype)
+    xs = [x]
+    for k in range(n_steps):
+        t = dtype(k / n_steps)
+        h = dtype((k + 1) / n_steps) - t
+        if method == "euler":
+            x = x + h * v(x, t)
+        elif method == "midpoint":
+            x = x + h * v(x + (h / 2) * v(x, t), t + midpoint_stage * h)
+        elif method == "heun":
+            k1 = v(x, t)
+            x = x + (h / 2) * (k1 + v(x + h * k1, t + h))
+        else:
+            k1 = v(x, t)
+            k2 = v(x + (h / 2) * k1, t + h / 2)
+            k3 = v(x + (h / 2) * k2, t + h / 2)
+            x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + v(x + h * k3, t + h))
+        xs.append(x)
+    return np.stack(xs)
+
+
+def _own_mlp_float32(spec, params_json):
+    """v(x, t) for a batch, every array float32 (a single-precision port)."""
+    f = np.float32
+    layers = [(np.asarray(W, dtype=f), np.asarray(b, dtype=f)) for W, b in params_json]
+    act = {"tanh": np.tanh, "softplus": lambda a: np.logaddexp(f(0), a),
+           "swish": lambda a: a / (f(1) + np.exp(-a))}[spec["activation"]]
+    k = f(2 * np.pi) * np.arange(1, spec["time_features"] + 1, dtype=f)
+
+    def v(x, t):
+        tc = np.full((x.shape[0], 1), t, dtype=f)
+        h = np.concatenate([x, tc, np.sin(tc * k), np.cos(tc * k)], axis=1)
+        for W, b in layers[:-1]:
+            h = act(h @ W + b)
+        return h @ layers[-1][0] + layers[-1][1]
+
+    return v
+
+
 @pytest.fixture(scope="module")
 def own_results(committed):
     return {"schema_version": 1,
@@ -284,6 +358,31 @@ def test_a_dropped_term_fails(committed, own_results):
                                            * np.asarray(case["outputs"]["posterior_noise_mean"])).tolist()
     report = vectors.compare(committed, bad, kinds=("marginal",))
     assert not any(r["passed"] for r in report)
+
+
+def test_sampler_vectors_reject_a_missing_root_and_a_shifted_stage(committed):
+    """The flow map without its square root, and the midpoint rule with its stage at t_k,
+    fail every flow_map case and every midpoint case with a step count above 0."""
+    cases = [c for c in committed["cases"] if c["kind"] == "flow_map"
+             or (c["kind"] == "fixed_step" and c["inputs"]["method"] == "midpoint")]
+    bad = {"schema_version": 1, "cases": [
+        {"id": c["id"], "outputs": vectors._tolist(_own_flow_map(c["inputs"], root=1.0) if c["kind"] == "flow_map"
+                                                   else {"x_t": _own_fixed_step(c["inputs"], midpoint_stage=0.0)})}
+        for c in cases]}
+    report = vectors.compare(committed, bad, present=True)
+    assert len(report) == len(cases) and not any(r["passed"] for r in report)
+
+
+def test_a_float32_port_passes_the_float32_tier_only(committed):
+    """The fixed-step trajectories computed wholly in float32 pass ``tier='float32'``, and
+    fail the float64 tier (so the tiers are each needed)."""
+    cases = [c for c in committed["cases"] if c["kind"] == "fixed_step"]
+    got = {"schema_version": 1, "cases": [{"id": c["id"], "outputs": {
+        "x_t": _own_fixed_step(c["inputs"], dtype=np.float32).astype(np.float64).tolist()}} for c in cases]}
+    f32 = vectors.compare(committed, got, kinds=("fixed_step",), tier="float32")
+    f64 = vectors.compare(committed, got, kinds=("fixed_step",))
+    assert all(r["passed"] for r in f32) and max(r["ratio"] for r in f32) < 0.1
+    assert not any(r["passed"] for r in f64)
 
 
 @pytest.mark.parametrize("index", [0, 7, 20, -1])

@@ -30,6 +30,7 @@ import numpy as np
 from .. import __version__
 from .cases import (BUILDERS, KINDS, layer_params_from_json, make_layer, make_mlp, make_path,
                            params_from_json)
+from .tiers import FLOAT32_TOLERANCES
 
 __all__ = ["SCHEMA_VERSION", "KINDS", "generate", "write_vectors", "load_json", "compare",
            "case_arrays", "dumps", "select_cases", "TIERS", "make_path", "make_mlp", "params_from_json", "make_layer",
@@ -99,6 +100,7 @@ def generate(kinds=None, log=None):
             log(f"  {kind}: {len(new)} cases")
         cases.extend(new)
     for case in cases:
+        case.setdefault("tolerance_float32", FLOAT32_TOLERANCES[case["kind"]])  # --tier float32
         case["inputs"] = _tolist(case["inputs"])
         case["outputs"] = _tolist(case["outputs"])
     return {"schema_version": SCHEMA_VERSION, "generator": f"fm_ref {__version__}",

@@ -299,8 +299,15 @@ def _flow_cases():
     return cases
 
 
+def _sampler_builders():
+    from .samplers import BUILDERS as builders
+
+    return builders
+
+
 BUILDERS = {"path_schedule": _path_schedule_cases, "conditional_path": _conditional_path_cases,
             "marginal": _marginal_cases, "mlp_divergence": _mlp_cases, "cnf_log_prob": _cnf_cases,
             "flow_log_det": _flow_cases}
+BUILDERS.update(_sampler_builders())  # flow_map, fixed_step (fm_ref/vectors/samplers.py)
 #: The kinds of case, in the order they are generated.
 KINDS = tuple(BUILDERS)
