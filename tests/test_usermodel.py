@@ -220,3 +220,21 @@ def test_other_bad_arguments(capsys, files):
 def test_load_points_reads_npy_and_csv_alike(files):
     d, x = files
     assert load_points(d / "x.npy", 2).tobytes() == x.tobytes() == load_points(d / "x.csv", 2).tobytes()
+
+
+def test_readme_walkthrough_runs(capsys, tmp_path, monkeypatch, model):
+    """The README's 'Check your own model': a Sequential's state_dict saved with NumPy, then
+    the log-prob command exactly as written there."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### Check your own model.*?```bash\n(.*?)```", text, re.S).group(1).splitlines()
+    assert block[0].startswith("fm-ref log-prob model.npz points.npy") and "--present" in block[1]
+    mlp = MLP(2, (8, 8), "swish", 0)
+    params = mlp.init(np.random.default_rng(2))
+    monkeypatch.chdir(tmp_path)
+    np.savez("model.npz", **_torch_state(params))
+    np.save("points.npy", np.random.default_rng(3).normal(size=(3, 2)))
+    code, out, _ = _run(capsys, *block[0].split()[1:], "--tol", "1e-8")
+    assert code == 0 and "hutchinson" in out

@@ -9,7 +9,8 @@ Schema (version 1), one JSON object::
      "cases": [{"id": str, "kind": str, "description": str,
                 "inputs": {name: number | nested list | str | dict},
                 "outputs": {name: number | nested list},
-                "tolerance": {"abs": float, "rel": float, "reason": str}}, ...]}
+                "tolerance": {"abs": float, "rel": float, "reason": str},
+                "tolerance_float32": {...}}, ...]}        # the float32 tier (tiers.py)
 
 Arrays are nested lists, batch first, float64 written with Python's shortest
 round-trip ``repr`` so that they read back bit for bit. A results file has the same
