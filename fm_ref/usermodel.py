@@ -139,8 +139,9 @@ def _load(args):
 
 
 def _header(args, mlp):
-    return (f"model: {args.weights} -> {mlp!r}, input [x, t{', sin, cos' if mlp.time_features else ''}]; "
-            "base N(0, I) at t = 0")
+    tf = "t, sin, cos" if mlp.time_features else "t"
+    order = f"[{tf}, x] in the file, read as [x, {tf}]" if args.time_input == "first" else f"[x, {tf}]"
+    return f"model: {args.weights} -> {mlp!r}, input {order}; base N(0, I) at t = 0"
 
 
 def _emit(args, report, lines):

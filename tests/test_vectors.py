@@ -385,6 +385,35 @@ def test_a_float32_port_passes_the_float32_tier_only(committed):
     assert not any(r["passed"] for r in f64)
 
 
+def test_cnf_tolerance_admits_a_solver_that_interpolates_its_final_value(committed):
+    """Dormand-Prince 5(4) at rtol = atol = 1e-9 whose value at t = 0 comes from its dense
+    output after stepping past it (as torchdiffeq's dopri5 returns it) errs ~10x more than
+    with its last step ending at t = 0, and still passes the cnf_log_prob tolerance (EVAL.6)."""
+    from fm_ref.divergence import MLPTrace
+
+    for case in (c for c in committed["cases"] if c["kind"] == "cnf_log_prob"):
+        inp = case["inputs"]
+        field = MLPTrace(vectors.make_mlp(inp["mlp"]), vectors.params_from_json(inp["params"]))
+        x = np.asarray(inp["x"])
+        n, d = x.shape
+
+        def rhs(t, y):
+            v, div = field(y[:n * d].reshape(n, d), t)
+            return np.concatenate([np.reshape(v, -1), div])
+
+        def log_p(y):
+            return multivariate_normal(np.zeros(d)).logpdf(y[:n * d].reshape(n, d)).reshape(n) + y[n * d:]
+
+        y0, tol = np.concatenate([x.ravel(), np.zeros(n)]), 1e-9
+        clipped = solve_ivp(rhs, (1.0, 0.0), y0, method="RK45", rtol=tol, atol=tol).y[:, -1]
+        past = solve_ivp(rhs, (1.0, -1.0), y0, method="RK45", rtol=tol, atol=tol, dense_output=True).sol(0.0)
+        ref = np.asarray(case["outputs"]["log_prob"])
+        scale = case["tolerance"]["abs"] + case["tolerance"]["rel"] * np.abs(ref)
+        err_clipped, err_past = np.max(np.abs(log_p(clipped) - ref)), np.max(np.abs(log_p(past) - ref))
+        assert err_past > 5 * err_clipped  # measured 4.7e-9 vs 4.1e-10 and 2.4e-8 vs 6.5e-10
+        assert np.max(np.abs(log_p(past) - ref) / scale) < 0.5  # measured 0.04 and 0.19
+
+
 @pytest.mark.parametrize("index", [0, 7, 20, -1])
 def test_a_corrupted_value_fails_only_its_case(committed, index):
     bad = copy.deepcopy(committed)
