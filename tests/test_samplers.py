@@ -3,7 +3,7 @@ marginal velocity of ``fm_ref.marginal`` (the posterior route, MIX.6) and pushes
 to the marginal; it composes as a flow; the fixed-step rules converge at their orders;
 each check rejects a wrong variant.
 
-Derivation: derivations/03-mixture-marginals.md (MIX.9) (MIX.10); derivations/06-cnf.md (CNF.17)
+Derivation: derivations/03-mixture-marginals.md (MIX.9) (MIX.10) (MIX.11); derivations/06-cnf.md (CNF.17)
 """
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ from fm_ref.marginal import marginal_velocity
 from fm_ref.nn import MLP
 from fm_ref.vectors.cases import PATH_SPECS, make_path
 from fm_ref.vectors.samplers import (FLOW_MAP_TARGETS, TABLEAUS, fixed_step_trajectory, gaussian_flow_map,
-                                     gaussian_velocity)
+                                     gaussian_velocity, mixture_flow_map_1d)
 from strategies import seeds
 
 PATHS = [make_path({"name": n, "params": p}) for n, p in PATH_SPECS]
@@ -132,3 +132,34 @@ def test_tableaus_are_consistent():
 def test_fixed_step_grid_is_k_over_n():
     ts, xs = fixed_step_trajectory(lambda y, t: np.zeros_like(y), np.ones((1, 1)), 3, "euler")
     assert ts.tolist() == [0.0, 1 / 3, 2 / 3, 1.0] and xs.shape == (4, 1, 1)
+
+
+# ----------------------------------------------------------------------------- a 1-D mixture
+
+MIX_MEANS, MIX_VARS, MIX_WEIGHTS = np.array([-2.0, 1.0]), np.array([0.25, 1.0]), np.array([0.4, 0.6])
+
+
+def _mixture_fd_residual(flow_map, path, t):
+    x_0 = np.array([[-1.5], [0.0], [0.7], [2.0]])
+    phi = lambda s: flow_map(path, MIX_MEANS, MIX_VARS, MIX_WEIGHTS, x_0, s)  # noqa: E731
+    dphi = (phi(t + FD_STEP) - phi(t - FD_STEP)) / (2 * FD_STEP)
+    target = GaussianMixture(MIX_MEANS[:, None], MIX_VARS[:, None, None], MIX_WEIGHTS)
+    u = marginal_velocity(target, path, phi(t), t)
+    return np.max(np.abs(dphi - u) / (1.0 + np.abs(u)))
+
+
+@pytest.mark.parametrize("path", PATHS, ids=repr)
+def test_mixture_flow_map_moves_along_the_marginal_velocity(path):
+    """F_t⁻¹ ∘ F_0 (MIX.11) differentiated in t equals the posterior-weighted velocity (MIX.6)."""
+    for t in (0.3, 0.8):
+        assert _mixture_fd_residual(mixture_flow_map_1d, path, t) <= FD_TOL
+
+
+def test_the_mixture_flow_map_check_rejects_the_moment_matched_gaussian_map():
+    mean = MIX_WEIGHTS @ MIX_MEANS
+    var = MIX_WEIGHTS @ (MIX_VARS + MIX_MEANS**2) - mean**2
+
+    def moment_matched(path, means, variances, weights, x, t):
+        return gaussian_flow_map(path, np.array([mean]), np.array([[var]]), x, t)
+
+    assert _mixture_fd_residual(moment_matched, PATHS[0], 0.8) > 1e-2

@@ -7,15 +7,15 @@ the adaptive ``cnf_log_prob`` reference allows.
 
 - ``flow_map``: target q = N(μ, Σ), base N(0, I), independent coupling. The marginal
   velocity is affine in x and its flow from t = 0 is closed-form in the eigenbasis of Σ
-  (derivations/03-mixture-marginals.md (MIX.9) (MIX.10)); the case gives φ_t(x₀) and
-  u_t(φ_t(x₀)) at several t.
+  (derivations/03-mixture-marginals.md (MIX.9) (MIX.10)); for a 1-D mixture the flow map
+  is F_t⁻¹ ∘ F_0 (MIX.11). A case gives φ_t(x₀) and u_t(φ_t(x₀)) at several t.
 - ``fixed_step``: x_{k+1} = x_k + h Σ_i b_i k_i on the grid t_k = k/N (computed as k/N,
   not by summing h), h = t_{k+1} − t_k, for the four explicit Runge–Kutta tableaux of
   derivations/06-cnf.md (CNF.17).
 """
 import numpy as np
 
-__all__ = ["gaussian_flow_map", "gaussian_velocity", "fixed_step_trajectory", "TABLEAUS", "BUILDERS",
+__all__ = ["gaussian_flow_map", "gaussian_velocity", "mixture_flow_map_1d", "fixed_step_trajectory", "TABLEAUS", "BUILDERS",
            "FLOW_MAP_TARGETS", "FIXED_STEP_SPECS"]
 
 #: Explicit Runge–Kutta tableaux (c, A, b) of the fixed-step samplers (CNF.17).
@@ -79,6 +79,37 @@ def gaussian_flow_map(path, mean, cov, x_0, t, s=0.0):
     m_s, _, c_s, _, U = _affine_terms(path, mean, cov, s)
     m_t, _, c_t, _, _ = _affine_terms(path, mean, cov, t)
     return m_t + ((x_0 - m_s) @ U) * np.sqrt(c_t / c_s) @ U.T
+
+
+def _mixture_cdf_1d(path, means, variances, weights, y, t, upper):
+    """F_t(y) (or 1 − F_t(y) with upper=True, without cancellation) of p_t for a 1-D mixture."""
+    from scipy.special import ndtr
+
+    a, s = float(path.alpha_t(t)), float(path.sigma_t(t))
+    z = (y - a * means) / np.sqrt(a * a * variances + s * s)
+    return float(np.sum(weights * ndtr(-z if upper else z)))
+
+
+def mixture_flow_map_1d(path, means, variances, weights, x_0, t):
+    """φ_t(x₀) = F_t⁻¹(F_0(x₀)) for a 1-D mixture target, shape (n, 1), by Brent's method.
+
+    The side of the median decides between F and 1 − F, so that no tail probability is
+    formed by cancellation; the root is found to ~1e-15 relative.
+
+    Derivation: derivations/03-mixture-marginals.md (MIX.11)
+    """
+    from scipy.optimize import brentq
+
+    a, s = float(path.alpha_t(t)), float(path.sigma_t(t))
+    spread = 50.0 * float(np.sqrt(a * a * np.max(variances) + s * s))
+    lo, hi = a * np.min(means) - spread, a * np.max(means) + spread
+    out = []
+    for x in np.asarray(x_0)[:, 0]:
+        upper = _mixture_cdf_1d(path, means, variances, weights, x, 0.0, False) > 0.5
+        level = _mixture_cdf_1d(path, means, variances, weights, x, 0.0, upper)
+        f = lambda y: _mixture_cdf_1d(path, means, variances, weights, y, t, upper) - level  # noqa: E731
+        out.append(brentq(f, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=200))
+    return np.array(out)[:, None]
 
 
 def fixed_step_trajectory(field, x, steps, method, t0=0.0, t1=1.0):
@@ -164,4 +195,43 @@ def _fixed_step_cases():
     return cases
 
 
-BUILDERS = {"flow_map": _flow_map_cases, "fixed_step": _fixed_step_cases}
+# The 1-D mixture's flow map: a root of F_t(y) = F_0(x₀) found to ~1e-15 relative, moved by
+# at most p_0(x₀)/p_t(y) ≲ 10 at these points (~1e-14), and u_t through the posterior
+# weights (~100 ulps, as the marginal cases here); 1e-10 leaves a factor ≥ 100.
+TOL_MIXTURE_FLOW_MAP = _tol(1e-11, 1e-10, "a root of F_t(y) = F_0(x_0) found to ~1e-15 relative and amplified "
+                                          "by p_0/p_t <~ 10 here; u_t through the posterior weights; an ODE "
+                                          "solve at 1e-13 (DOP853) agrees to ~1e-12 (EVAL.5)")
+
+
+def _mixture_flow_map_cases():
+    from ..distributions import GaussianMixture
+    from ..marginal import marginal_velocity
+    from .cases import PATH_SPECS, _path_id, _targets, make_path
+
+    tname, means, covs, weights = [tg for tg in _targets() if tg[0] == "mix1d"][0]
+    target = GaussianMixture(means, covs, weights)
+    x_0 = np.random.default_rng(710).normal(size=(4, 1))
+    cases = []
+    for name, params in PATH_SPECS:
+        path = make_path({"name": name, "params": params})
+        tt = np.array([0.0, 0.25, 0.5, 0.75, 0.9] + ([] if name in ("vp", "linear_vp") else [1.0]))
+        xs = np.stack([mixture_flow_map_1d(path, means[:, 0], covs[:, 0, 0], weights, x_0, t) for t in tt])
+        us = np.stack([marginal_velocity(target, path, x, t) for x, t in zip(xs, tt)])
+        cases.append({
+            "id": f"flow_map/{tname}/{_path_id(name, params)}", "kind": "flow_map",
+            "description": f"{path!r}, a 1-D Gaussian-mixture target (means, covs, weights), base N(0, 1) at "
+                           "t = 0: x_t = phi_t(x_0) = F_t^-1(F_0(x_0)), the flow of the marginal velocity "
+                           "(in 1-D the increasing map that pushes p_0 to p_t, F_t the CDF of p_t); "
+                           "u_t_at_x_t = u_t(x_t)",
+            "inputs": {"path": {"name": name, "params": params},
+                       "target": {"means": means, "covs": covs, "weights": weights}, "x_0": x_0, "t": tt},
+            "outputs": {"x_t": xs, "u_t_at_x_t": us},
+            "tolerance": TOL_MIXTURE_FLOW_MAP})
+    return cases
+
+
+def _all_flow_map_cases():
+    return _flow_map_cases() + _mixture_flow_map_cases()
+
+
+BUILDERS = {"flow_map": _all_flow_map_cases, "fixed_step": _fixed_step_cases}
