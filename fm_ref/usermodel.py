@@ -99,18 +99,26 @@ def sample_report(mlp, params, n, seed, tol=DEFAULT_TOL):
 
 # ----------------------------------------------------------------------------- the commands
 
+#: Bounds of the integer options (a seed as the CLI's others; K probes and N samples are held in memory).
+MAX_PROBES, MAX_SAMPLES, MAX_TIME_FEATURES, MAX_SEED = 1000, 10**6, 1000, 2**128
+
+
 def _model_args(p):
-    p.add_argument("weights", metavar="WEIGHTS", help="an .npz of the MLP's weights (fm_ref's or PyTorch's layout)")
+    from .cli import _int_in, _name
+
+    p.add_argument("weights", type=_name, metavar="WEIGHTS",
+                   help="an .npz of the MLP's weights (fm_ref's or PyTorch's layout)")
     p.add_argument("--layout", choices=("auto", "fm_ref", "torch"), default="auto",
                    help="the .npz layout (default: from the keys: W0, b0, ... or 0.weight, 0.bias, ...)")
     p.add_argument("--activation", metavar="NAME", help="tanh, softplus or silu (swish); required for PyTorch's layout")
     p.add_argument("--time-input", choices=("last", "first"), default=None,
                    help="t's features after x ([x, t], default) or before it ([t, x])")
-    p.add_argument("--time-features", type=int, default=None, metavar="K",
+    p.add_argument("--time-features", type=_int_in(0, MAX_TIME_FEATURES, "an integer K >= 0"), default=None,
+                   metavar="K",
                    help="K sinusoidal features: the input holds t, sin(2 pi k t) k=1..K, cos(2 pi k t) k=1..K")
     p.add_argument("--tol", type=float, default=DEFAULT_TOL,
                    help=f"rtol = atol of the DOP853 solve (default {DEFAULT_TOL:g}); the check solve uses tol/100")
-    p.add_argument("--out", metavar="FILE", help="write the report as JSON to FILE")
+    p.add_argument("--out", type=_name, metavar="FILE", help="write the report as JSON to FILE")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
@@ -119,22 +127,29 @@ def add_parsers(sub):
     p = sub.add_parser("log-prob", help="exact log p_1 of your points under your saved velocity MLP, with an "
                                         "error estimate (and Hutchinson's, with --hutchinson)")
     _model_args(p)
-    p.add_argument("points", metavar="POINTS", help="an .npy or .csv of shape (n, d)")
-    p.add_argument("--hutchinson", type=int, metavar="K", help="also the Hutchinson estimate with K fixed probes")
-    p.add_argument("--seed", type=int, metavar="S", help="the seed of the Hutchinson probes")
+    from .cli import _int_in, _name
+
+    p.add_argument("points", type=_name, metavar="POINTS", help="an .npy or .csv of shape (n, d)")
+    p.add_argument("--hutchinson", type=_int_in(2, MAX_PROBES, "an integer K >= 2"), metavar="K",
+                   help="also the Hutchinson estimate with K fixed probes")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED, "a non-negative integer"), metavar="S",
+                   help="the seed of the Hutchinson probes")
     p.set_defaults(func=cmd_log_prob)
     p = sub.add_parser("sample", help="push N base samples through your saved velocity MLP (t = 0 to 1)")
     _model_args(p)
-    p.add_argument("n", metavar="N", type=int, help="the number of samples")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="the seed of the base samples (default 0)")
+    p.add_argument("n", metavar="N", type=_int_in(1, MAX_SAMPLES), help="the number of samples")
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED, "a non-negative integer"), default=0, metavar="S",
+                   help="the seed of the base samples (default 0)")
     p.set_defaults(func=cmd_sample)
 
 
 def _load(args):
-    from .cli import check_writable
+    from .cli import _check_not_an_input, check_writable
     from .weights import load_mlp
 
     check_writable(args.out, "--out")
+    inputs = {"WEIGHTS": args.weights} | ({"POINTS": args.points} if getattr(args, "points", None) else {})
+    _check_not_an_input(args.out, "--out", **inputs)
     return load_mlp(args.weights, args.layout, args.activation, args.time_input, args.time_features)
 
 
@@ -156,9 +171,9 @@ def _emit(args, report, lines):
     else:
         _say("\n".join(lines))
     if args.out:
-        _write_json(args.out, payload)
+        line = _write_json(args.out, payload)
         if not args.json:
-            _say(f"wrote {args.out}")
+            _say(line)
 
 
 def _vec(row):
@@ -199,8 +214,6 @@ def cmd_sample(args):
     from .cli import fmt, format_table
 
     mlp, params = _load(args)
-    if args.n < 1:
-        raise ValueError(f"N: expected a positive number of samples, got {args.n}")
     rep = sample_report(mlp, params, args.n, args.seed, args.tol)
     show = range(min(args.n, 20))
     rows = [[str(i), _vec(rep["x_0"][i]), _vec(rep["x_1"][i]), fmt(rep["error_estimate"][i], ".1e")] for i in show]

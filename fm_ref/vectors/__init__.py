@@ -25,10 +25,13 @@ Derivation: derivations/08-evaluation.md (EVAL.5) (EVAL.6)
 """
 import fnmatch
 import json
+import math
 
 import numpy as np
 
 from .. import __version__
+from .._io import atomic_write_text
+from .schema import check_reference, check_structure, number_array, read_json, worse
 from .cases import (BUILDERS, KINDS, layer_params_from_json, make_layer, make_mlp, make_path,
                            params_from_json)
 from .tiers import FLOAT32_TOLERANCES
@@ -109,42 +112,24 @@ def generate(kinds=None, log=None):
 
 
 def write_vectors(path, kinds=None, log=None):
-    """Generate the vectors and write them to ``path``; returns the payload."""
+    """Generate the vectors and write them to ``path`` atomically (``fm_ref._io``: an
+    interrupted write leaves any old file intact); returns the payload."""
     payload = generate(kinds, log)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(dumps(payload))
+    atomic_write_text(path, dumps(payload))
     return payload
 
 
 # ----------------------------------------------------------------------------- reading
 
 def load_json(path, what):
-    """Read a vectors or results file; malformed content raises ValueError naming ``what``."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            payload = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}: {path} is not valid JSON ({exc})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{what}: {path} is not a UTF-8 text file") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"{what}: expected a JSON object at the top level, got {type(payload).__name__}")
-    version = payload.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{what}: expected schema_version {SCHEMA_VERSION}, got {version!r}")
-    cases = payload.get("cases")
-    if not isinstance(cases, list):
-        raise ValueError(f"{what}: expected a list 'cases', got {type(cases).__name__}")
-    seen = set()
-    for i, case in enumerate(cases):
-        if not isinstance(case, dict) or not isinstance(case.get("id"), str):
-            raise ValueError(f"{what}: case {i} has no string 'id'")
-        if case["id"] in seen:
-            raise ValueError(f"{what}: case id {case['id']!r} appears twice")
-        seen.add(case["id"])
-        if not isinstance(case.get("outputs"), dict):
-            raise ValueError(f"{what}: case {case['id']!r} has no 'outputs' object")
-    return payload
+    """Read a vectors or results file; malformed content raises ValueError naming ``what``.
+
+    The file must be a regular file of strict JSON (``fm_ref.vectors.schema.read_json``:
+    size cap, no NaN/Infinity, no number beyond float64, no duplicated key, bounded
+    nesting) with the top level of the schema (an integer ``schema_version``, cases with
+    unique string ids and an ``outputs`` object).
+    """
+    return check_structure(read_json(path, what), what, SCHEMA_VERSION)
 
 
 def case_arrays(values, what):
@@ -163,13 +148,18 @@ def case_arrays(values, what):
 
 
 def _case_errors(ref, got, tol):
-    """Max |got − ref|, max relative error (over ref ≠ 0), and max error/(abs + rel|ref|)."""
-    diff = np.abs(got - ref)
-    scale = tol["abs"] + tol["rel"] * np.abs(ref)
-    ratio = float(np.max(diff / scale)) if diff.size else 0.0
-    nz = ref != 0
-    rel = float(np.max(diff[nz] / np.abs(ref[nz]))) if np.any(nz) else 0.0
-    return float(np.max(diff)) if diff.size else 0.0, rel, ratio
+    """Max |got − ref|, max relative error (over ref ≠ 0), and max error/(abs + rel|ref|).
+
+    An error beyond float64 is +inf (a failure, without an overflow warning); a zero error
+    against a zero tolerance is 0, a non-zero one is +inf; a NaN (inf/inf) fails the case.
+    """
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        diff = np.abs(got - ref)
+        scale = tol["abs"] + tol["rel"] * np.abs(ref)
+        ratio = np.where(diff == 0.0, 0.0, diff / scale)
+        nz = ref != 0
+        rel = float(np.max(diff[nz] / np.abs(ref[nz]))) if np.any(nz) else 0.0
+    return float(np.max(diff)), rel, float(np.max(ratio))
 
 
 #: Tolerance tiers: the key of a case's tolerance for each (see derivations/08-evaluation.md).
@@ -205,7 +195,9 @@ def compare(vectors, results, kinds=None, ids=None, outputs=None, present=False,
     Parameters
     ----------
     vectors, results : dict
-        Payloads as returned by ``load_json``.
+        Payloads as returned by ``load_json``. The reference is validated completely
+        first (``fm_ref.vectors.schema.check_reference``: finite numbers, tolerances
+        finite and ≥ 0), so a corrupted reference cannot make a wrong result pass.
     kinds : iterable of str, optional
         Check only cases of these kinds (the results need hold only those).
     ids : iterable of str, optional
@@ -223,14 +215,19 @@ def compare(vectors, results, kinds=None, ids=None, outputs=None, present=False,
     -------
     list of dict, one per checked case: id, kind, max_abs, max_rel, ratio (worst error in
     units of the tolerance), abs, rel, passed, checked (output names compared) and
-    skipped (selected outputs absent from the results, in partial mode).
+    skipped (selected outputs absent from the results, in partial mode). A case passes
+    only if its ratio is ≤ 1 (a NaN is never dropped: it fails).
 
-    Raises ``ValueError`` for an incomplete (in strict mode) or malformed results file (a
-    missing case or output, a wrong shape, non-finite values), or nothing to check.
+    Raises ``ValueError`` for a malformed reference, an incomplete (in strict mode) or
+    malformed results file (a missing case or output, a wrong shape, non-finite values,
+    non-numbers), naming the place, e.g. ``RESULTS: cases[4].outputs.x_t``, or nothing to
+    check.
     """
     if tier not in TIERS:
         raise ValueError(f"tier: expected one of {sorted(TIERS)}, got {tier!r}")
-    got_by_id = {c["id"]: c for c in results["cases"]}
+    ref_arrays = check_reference(vectors, "VECTORS", SCHEMA_VERSION)
+    check_structure(results, "RESULTS", SCHEMA_VERSION)
+    got_by_id = {c["id"]: (j, c) for j, c in enumerate(results["cases"])}
     ref_cases = select_cases(vectors, kinds, ids, outputs)
     missing = [c["id"] for c in ref_cases if c["id"] not in got_by_id]
     if missing and not present:
@@ -243,31 +240,42 @@ def compare(vectors, results, kinds=None, ids=None, outputs=None, present=False,
         cid = case["id"]
         if cid not in got_by_id:
             continue
-        tol = case.get(TIERS[tier])
-        if not isinstance(tol, dict):
-            raise ValueError(f"VECTORS: case {cid!r} has no '{TIERS[tier]}' (needed by --tier {tier})")
-        ref = case_arrays(case["outputs"], f"VECTORS case {cid!r}")
-        got = case_arrays(got_by_id[cid]["outputs"], f"RESULTS case {cid!r}")
-        names = [k for k in ref if outputs is None or k in outputs]
-        absent = [k for k in names if k not in got]
+        tol = _tier_tolerance(case, tier)
+        j, got_case = got_by_id[cid]
+        names = [k for k in ref_arrays[cid] if outputs is None or k in outputs]
+        absent = [k for k in names if k not in got_case["outputs"]]
         if absent and not present:
             raise ValueError(f"RESULTS: case {cid!r} lacks the output '{absent[0]}'")
-        checked = [k for k in names if k in got]
+        checked = [k for k in names if k in got_case["outputs"]]
         if not checked:
             continue
         worst = (0.0, 0.0, 0.0)
         for name in checked:
-            r, g = ref[name], got[name]
-            if not isinstance(g, np.ndarray) or g.shape != r.shape:
-                shape = g.shape if isinstance(g, np.ndarray) else type(g).__name__
-                raise ValueError(f"RESULTS: case {cid!r} output '{name}' expected shape {r.shape}, got {shape}")
-            if not np.all(np.isfinite(g)):
-                raise ValueError(f"RESULTS: case {cid!r} output '{name}' has NaN or inf")
-            errs = _case_errors(r, g, tol)
-            worst = tuple(max(a, b) for a, b in zip(worst, errs))
-        report.append({"id": cid, "kind": case.get("kind", ""), "max_abs": worst[0], "max_rel": worst[1],
+            r = ref_arrays[cid][name]
+            g = number_array(got_case["outputs"][name], f"RESULTS: cases[{j}].outputs.{name} (id {cid!r})")
+            if g.shape != r.shape:
+                raise ValueError(f"RESULTS: case {cid!r} output '{name}' expected shape {r.shape}, got {g.shape}")
+            worst = tuple(worse(a, b) for a, b in zip(worst, _case_errors(r, g, tol)))
+        report.append({"id": cid, "kind": case["kind"], "max_abs": worst[0], "max_rel": worst[1],
                        "ratio": worst[2], "abs": tol["abs"], "rel": tol["rel"], "passed": bool(worst[2] <= 1.0),
                        "checked": checked, "skipped": absent})
     if not report:
         raise ValueError("RESULTS: nothing to check: no selected reference case has an output in RESULTS")
     return report
+
+
+def _tier_tolerance(case, tier):
+    """The case's tolerance of this tier as {'abs', 'rel'} floats, validated like the float64 one."""
+    key = TIERS[tier]
+    tol = case.get(key)
+    if not isinstance(tol, dict):
+        raise ValueError(f"VECTORS: case {case['id']!r} has no '{key}' (needed by --tier {tier})")
+    out = {}
+    for k in ("abs", "rel"):
+        v = tol.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                or (k == "rel" and v >= 1.0):
+            raise ValueError(f"VECTORS: case {case['id']!r} {key}.{k}: expected a finite number >= 0"
+                             f"{' and < 1' if k == 'rel' else ''}, got {v!r}")
+        out[k] = float(v)
+    return out
