@@ -210,3 +210,9 @@ def fewer(fraction):
     from hypothesis import settings
 
     return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))
+
+
+# ---- diffusion (the parameterisations a model may predict)
+
+#: The five kinds of AffinePath.convert and fm_ref.diffusion.
+diffusion_kinds = st.sampled_from(("velocity", "x1", "eps", "score", "v"))
