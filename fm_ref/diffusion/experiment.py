@@ -91,7 +91,8 @@ def errors_by_time(mlp, params, path, kind, target, times, n=2000, seed=0):
         x = path.sample(rng.standard_normal((n, 2)), target.sample(n, rng), t)
         f = mlp.apply(params, x, t)
         own = onp.mean(onp.sum((f - marginal_regression_target(target, path, kind, x, t)) ** 2, 1))
-        vel = onp.mean(onp.sum((path.convert(f, x, t, kind, "velocity") - marginal_velocity(target, path, x, t)) ** 2, 1))
+        v = path.convert(f, x, t, kind, "velocity")
+        vel = onp.mean(onp.sum((v - marginal_velocity(target, path, x, t)) ** 2, 1))
         rows.append((float(t), float(own), float(vel)))
     return rows
 
