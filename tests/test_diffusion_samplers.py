@@ -25,7 +25,7 @@ from fm_ref.verify.diffusion import (KS_ALPHA, Z_BOUND, _ks_grid, ddim_errors, d
                                      ddpm_moment_z, gaussian_em_errors, mixture_1d, observed_orders, sde_ks,
                                      sde_moment_z, song_vp_residuals)
 from fm_ref.verify.foundation import example_target, rel_err
-from strategies import diffusion_kinds, interior_times, paths, seeds
+from strategies import diffusion_kinds, fewer, interior_times, paths, seeds
 
 # Identities between closed forms (DESIGN.md tier).
 CLOSED_RTOL = 1e-12
@@ -49,6 +49,16 @@ def test_ks_rejects_a_wrong_drift(how):
 
     results = sde_ks(target, path, g, _ks_grid(), (0.9,), n=2000, seed=11, drift=drift)
     assert max(p for _, _, p in results) < KS_ALPHA * 1e-3
+
+
+@fewer(0.1)
+@given(paths(), st.sampled_from([0.0, 0.5, 1.5, REVERSE]), seeds)
+def test_sde_samples_follow_p_t_on_every_path(path, g, seed):
+    """The KS test of DIF.3 on drawn paths, g and seeds (3 cases in ci, 40 under 'thorough'),
+    from t = 0.05 (α > 0 for 'reverse') to 0.85, at α = 1e-6 per test (many drawn tests)."""
+    ts = np.linspace(0.05, 0.85, 161)
+    for _, D, p in sde_ks(mixture_1d(), path, g, ts, (0.45, 0.85), n=1000, seed=seed % 2**31):
+        assert p > 1e-6, (path, g, D, p)
 
 
 def test_moment_check_rejects_a_dropped_term_in_d2():
