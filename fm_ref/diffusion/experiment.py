@@ -29,7 +29,7 @@ from .sde import REVERSE, sample_sde
 from .train import train_diffusion
 
 __all__ = ["T_MAX", "train_eps_vp", "evaluate_diffusion_model", "compare", "eight_gaussians_mixture",
-           "errors_by_time"]
+           "errors_by_time", "EpsVPModel"]
 
 #: Where VP training and sampling stop (σ'_t = −∞ at t = 1); σ_{T_MAX} ≈ 0.01 for the default β's.
 T_MAX = 0.999
@@ -47,6 +47,37 @@ def train_eps_vp(data, steps, rng, weight=None, hidden=(64, 64), batch=256, lr=1
     params, losses = train_diffusion(mlp, VP(), data, steps, rng, kind="eps", weight=weight, batch=batch, lr=lr,
                                      callback=callback, t_max=T_MAX)
     return mlp, params, losses
+
+
+class EpsVPModel:
+    """The demo's view of an ε-prediction MLP on VP (``fm_ref.demo``'s ``Row.evaluate`` contract).
+
+    ``log_prob``, ``density`` and ``paths`` use the probability-flow ODE (DIF.6) from t = 0
+    to ``T_MAX`` (the NLL is that of p_{T_MAX}); ``sample`` uses the reverse SDE (DIF.4, Song
+    et al.'s reverse VP SDE) by Euler–Maruyama on ``sde_steps`` uniform steps, with the final
+    denoising step; its NFE is the number of network evaluations, sde_steps + 1.
+    """
+
+    def __init__(self, params, hidden=(64, 64), tol=1e-5, sde_steps=SDE_STEPS):
+        self.mlp, self.params, self.sde_steps = MLP(2, hidden), params, sde_steps
+        self.flow = probability_flow_cnf(self.mlp, params, VP(), "eps", rtol=tol, atol=tol)
+
+    def log_prob(self, x):
+        res = self.flow.log_prob(x, t1=T_MAX)
+        return res.log_prob, res.nfev
+
+    def sample(self, n, rng):
+        pred = Predictor.from_model(self.mlp, self.params, VP(), "eps")
+        x = sample_sde(pred, rng.standard_normal((n, 2)), onp.linspace(0.0, T_MAX, self.sde_steps + 1), rng,
+                       g=REVERSE, denoise=True)
+        return x, self.sde_steps + 1
+
+    def density(self, pts):
+        return onp.exp(self.log_prob(pts)[0])
+
+    def paths(self, n_traj, rng):
+        """Probability-flow ODE trajectories from n_traj base points, shape (41, n_traj, 2)."""
+        return self.flow.trajectory(rng.standard_normal((n_traj, 2)), onp.linspace(0.0, T_MAX, 41)).xs
 
 
 def evaluate_diffusion_model(mlp, params, path, kind, test, rng, tol=1e-5, sde_steps=SDE_STEPS, t_max=T_MAX):
