@@ -110,7 +110,8 @@ def eight_gaussians_mixture():
 
 def errors_by_time(mlp, params, path, kind, target, times, n=2000, seed=0):
     """Per time: (E‖f_θ − E[y_k|x]‖², E‖v_θ − u_t‖²) over x ~ p_t, the model's own error and
-    its velocity's (after conversion); the ratio is the CFM weight w_k(t) only on average.
+    its velocity's (after conversion); their ratio is the CFM weight w_k(t) (DIF.9 with the
+    marginal targets: the conversion is affine with the same offset for f_θ and f*).
 
     Derivation: derivations/09-diffusion.md (DIF.9)
     """
