@@ -59,6 +59,8 @@ def diffusion_coefficient(path, g, t):
         value = float(onp.sqrt(reverse_diffusion_g2(path, t)))
     elif callable(g):
         value = g(t)
+        if isinstance(value, onp.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+            value = float(value)
     elif isinstance(g, numbers.Real) and not isinstance(g, bool):
         value = g
     else:
