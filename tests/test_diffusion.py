@@ -255,6 +255,11 @@ def test_bad_kinds_weights_and_ranges_raise():
         conditional_regression_target(CondOT(), "score", np.array([0.5, 1.0, 0.2]), x_0, x_1)
     with pytest.raises(ValueError, match=r"^t:"):  # D²/α² at α₀ = 0
         cfm_weight(Polynomial(2.0), "eps", 0.0)
+    with pytest.raises(ValueError, match=r"^t:"):  # D²σ²/α² at α₀ = 0
+        cfm_weight(Cosine(), "score", np.array([0.5, 0.0]))
+    with pytest.raises(ValueError, match=r"^t:"):  # D²/σ² at σ₁ = 0
+        cfm_weight(CondOT(), "x1", 1.0)
+    assert cfm_weight(CondOT(), "v", np.array([0.0, 1.0])).tolist() == [1.0, 1.0]  # defined at both ends
     data = np.zeros((4, 1))
     with pytest.raises(ValueError, match=r"^t_max:"):
         train_diffusion(MLP(1, (4,)), CondOT(), data, 1, np.random.default_rng(0), kind="score", t_max=1.0)

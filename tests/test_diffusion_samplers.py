@@ -231,6 +231,27 @@ class _FallingSNR(AffinePath):
         return 0.4 + 0.0 * t
 
 
+class _AlmostConstantSNR(AffinePath):
+    """σ_t = 0.3, α_t = 0.3(1 − δt): ς²/σ_s² ≈ −δ(t − s)·2, a rounding-sized SNR decrease for tiny δ."""
+
+    def __init__(self, delta):
+        self.delta = delta
+
+    def _alpha(self, t):
+        return 0.3 * (1.0 - self.delta * t)
+
+    def _sigma(self, t):
+        return 0.3 + 0.0 * t
+
+
+def test_the_kernel_clips_rounding_but_not_a_real_snr_decrease():
+    """ς² ≥ −1e-12 σ_s² is rounding (clipped to 0); below, the SNR decreases (DIF.12)."""
+    a, var = forward_kernel(_AlmostConstantSNR(6e-13), 0.25, 0.75)  # ς²/σ_s² ≈ −6e-13
+    assert var == 0.0 and a == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match=r"^path:"):
+        forward_kernel(_AlmostConstantSNR(2e-12), 0.25, 0.75)  # ≈ −2e-12
+
+
 def test_a_decreasing_snr_and_bad_steps_raise():
     with pytest.raises(ValueError, match=r"^path:"):
         forward_kernel(_FallingSNR(), 0.2, 0.8)
