@@ -14,8 +14,24 @@ Derivation: derivations/09-diffusion.md (DIF.14)
 import numpy as np
 
 from .cases import TOL_CLOSED, TOL_MARGINAL, _path_id, _targets, make_path
+from .tiers import FLOAT32_TOLERANCES
 
-__all__ = ["DIFFUSION_BUILDERS", "DIFFUSION_PATHS"]
+__all__ = ["DIFFUSION_BUILDERS", "DIFFUSION_PATHS", "FLOAT32_DIFFUSION"]
+
+
+def _tol(abs_, rel, reason):
+    return {"abs": abs_, "rel": rel, "reason": reason}
+
+
+# The float32 tier (fm-ref check --tier float32) of these kinds, set by reasoning as
+# fm_ref.vectors.tiers sets it for the closed forms and marginals, not measured in float32.
+_F32_CLOSED = _tol(1e-5, 1e-4, "float32 closed forms: a few ulps (1.2e-7) per operation, x20 through the "
+                               "divisions by alpha_t or sigma_t >= 0.05 here; set by reasoning, not measured (EVAL.5)")
+_F32_MARGINAL = _tol(1e-4, 1e-3, "float32 softmax over component log-densities of size up to ~1.6e4 (as the "
+                                 "marginal kind); set by reasoning, not measured (EVAL.5)")
+#: kind -> the float32 tolerance of its cases.
+FLOAT32_DIFFUSION = {"diffusion_loss": _F32_CLOSED, "sde_drift": _F32_MARGINAL, "ddim_step": _F32_CLOSED,
+                     "ddpm_step": _F32_CLOSED}
 
 #: Paths of the diffusion cases: every path whose α_t, σ_t are positive inside (0, 1).
 DIFFUSION_PATHS = (("condot", {"sigma_min": 0.0}), ("vp", {"beta_min": 0.1, "beta_max": 20.0}),
@@ -132,3 +148,4 @@ def _ddpm_cases():
 #: The builders of the diffusion kinds, in the order they are generated.
 DIFFUSION_BUILDERS = {"diffusion_loss": _loss_cases, "sde_drift": _drift_cases, "ddim_step": _ddim_cases,
                       "ddpm_step": _ddpm_cases}
+FLOAT32_TOLERANCES.update(FLOAT32_DIFFUSION)  # the float32 tier of these kinds, read by ``generate``
