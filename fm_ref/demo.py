@@ -205,6 +205,23 @@ register(Row("cfm-cosine", "CFM Cosine", "CFM", _train_cfm("Cosine"), _mlp_cnf((
              "conditional flow matching, MLP 2->64->64->2, batch 256"))
 
 
+def _train_ddpm(data, steps, rng, callback):
+    from .diffusion.experiment import train_eps_vp
+
+    return train_eps_vp(data, steps, rng, callback=callback)[1:]
+
+
+def _evaluate_ddpm(params):
+    from .diffusion.experiment import EpsVPModel
+
+    return EpsVPModel(params, tol=DEFAULTS["eval_tol"])
+
+
+register(Row("ddpm-vp", "DDPM eps (VP)", "Diffusion", _train_ddpm, _evaluate_ddpm, scaled(1.0),
+             "eps-prediction (DDPM's loss) on VP to t = 0.999, MLP 2->64->64->2, batch 256; NLL by the "
+             "probability-flow ODE, samples by the reverse SDE (500 Euler-Maruyama steps)"))
+
+
 # ----------------------------------------------------------------------------- train and evaluate
 
 def _print(msg):

@@ -297,3 +297,9 @@ def json_mutations(draw, payload):
     if draw(st.integers(0, 9)) == 0:
         text = text.replace('"schema_version": 1', '"schema_version": 1, "schema_version": 1', 1)
     return text
+
+
+# ---- diffusion (the parameterisations a model may predict)
+
+#: The five kinds of AffinePath.convert and fm_ref.diffusion.
+diffusion_kinds = st.sampled_from(("velocity", "x1", "eps", "score", "v"))

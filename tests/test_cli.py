@@ -199,8 +199,8 @@ def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch):
     assert code == 0
     assert "figure will be skipped" in out and "held-out vs held-out (floor)" in out
     res = json.loads((tmp_path / "results.json").read_text())
-    assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM"]
-    assert res["budget"] == {"nf": 2, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10}
+    assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM", "Diffusion"]
+    assert res["budget"] == {"nf": 2, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "ddpm-vp": 10}
     for m in res["models"]:
         assert np.isfinite(m["nll"]) and m["w2"] > 0 and m["train_seconds"] > 0
     assert res["figure"] is None and not (tmp_path / "demo.png").exists()

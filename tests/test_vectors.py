@@ -163,6 +163,8 @@ def _own_outputs(case):
         z_inv = _newton_inverse(f, x)
         return {"forward_x": np.stack([f(zi) for zi in z]), "forward_log_det": _slogdets(f, z),
                 "inverse_z": z_inv, "inverse_log_det": -_slogdets(f, z_inv)}
+    if kind in DIFFUSION_KINDS:
+        return _own_diffusion(kind, inp)
     if kind == "flow_map":
         return _own_flow_map(inp)
     if kind == "fixed_step":
@@ -189,6 +191,49 @@ def _own_outputs(case):
         x_0, ell = sol.y[:n * d, -1].reshape(n, d), sol.y[n * d:, -1]
         return {"log_prob": multivariate_normal(np.zeros(d)).logpdf(x_0).reshape(n) + ell, "x_0": x_0}
     raise AssertionError(f"no second implementation for {kind}")
+
+
+DIFFUSION_KINDS = ("diffusion_loss", "sde_drift", "ddim_step", "ddpm_step")
+
+
+def _own_diffusion(kind, inp):
+    """The diffusion kinds from their definitions (derivations/09-diffusion.md), without fm_ref."""
+    a, s = _schedules(inp["path"]["name"], inp["path"]["params"])
+    if kind == "diffusion_loss":
+        al, si, da, ds = (v[:, None] for v in _own_schedule(inp))
+        x_0, x_1 = np.asarray(inp["x_0"]), np.asarray(inp["x_1"])
+        x_t = si * x_0 + al * x_1
+        targets = {"velocity": da * x_1 + ds * x_0, "x1": x_1, "eps": x_0,
+                   "score": -(x_t - al * x_1) / si**2, "v": al * x_0 - si * x_1}
+        # a model error (δ₀, δ₁) must keep x = σx̂₀ + αx̂₁, so (δ₀, δ₁) ∝ (−α, σ); each kind's
+        # error is a multiple of that vector, and the weight is (velocity's multiple / kind's)²
+        factor = {"velocity": da * si - ds * al, "x1": si, "eps": -al, "score": al / si, "v": -(al**2 + si**2)}
+        out = {"x_t": x_t}
+        for k, y in targets.items():
+            out[f"target_{k}"] = y
+            out[f"sq_error_{k}"] = np.sum((np.asarray(inp["predictions"][k]) - y) ** 2, axis=1)
+            out[f"cfm_weight_{k}"] = ((factor["velocity"] / factor[k]) ** 2)[:, 0]
+        return out
+    if kind == "sde_drift":
+        x, t = np.asarray(inp["x"]), np.asarray(inp["t"])
+        score = grad(lambda z: anp.sum(_own_mixture_log_prob(z, t, inp["target"], a, s)))(x)
+        al, si = a(t)[:, None], s(t)[:, None]
+        da, ds = elementwise_grad(a)(t)[:, None], elementwise_grad(s)(t)[:, None]
+        x0_hat = -si * score
+        u = da * (x - si * x0_hat) / al + ds * x0_hat
+        g2 = (-elementwise_grad(lambda u_: s(u_) ** 2)(t) + 2.0 * elementwise_grad(a)(t) / a(t) * s(t) ** 2)
+        return {"drift_g0": u, "drift_g1": u + 0.5 * score, "drift_reverse": u + 0.5 * g2[:, None] * score,
+                "g2_reverse": g2}
+    s_, t_ = inp["s"], inp["t"]
+    if kind == "ddim_step":
+        return {"x_t": a(t_) * np.asarray(inp["x1_hat"]) + s(t_) * np.asarray(inp["x0_hat"])}
+    # ddpm_step: (x_s, x_t) | x₁ jointly Gaussian, Cov = [[σ_s², aσ_t²], [aσ_t², σ_t²]]; condition on x_s
+    ka = a(s_) / a(t_)
+    cov_st = ka * s(t_) ** 2
+    gain = cov_st / s(s_) ** 2
+    x_s, x1 = np.asarray(inp["x_s"]), np.asarray(inp["x1_hat"])
+    return {"mean": a(t_) * x1 + gain * (x_s - a(s_) * x1), "var": s(t_) ** 2 - gain * cov_st,
+            "kernel_a": ka, "kernel_var": s(s_) ** 2 - ka**2 * s(t_) ** 2}
 
 
 _OWN_ACT = {"tanh": anp.tanh, "softplus": lambda a: anp.logaddexp(0.0, a),
@@ -462,6 +507,25 @@ def test_cnf_tolerance_admits_a_solver_that_interpolates_its_final_value(committ
         err_clipped, err_past = np.max(np.abs(log_p(clipped) - ref)), np.max(np.abs(log_p(past) - ref))
         assert err_past > 5 * err_clipped  # measured 4.7e-9 vs 4.1e-10 and 2.4e-8 vs 6.5e-10
         assert np.max(np.abs(log_p(past) - ref) / scale) < 0.5  # measured 0.04 and 0.19
+
+
+def test_a_wrong_diffusion_rule_fails(committed, own_results):
+    """The drift without its ½, the ε weight D²/σ² (the x1 one) and DDPM's mean without its
+    data term must each fail every case of their kind."""
+    bad = copy.deepcopy(own_results)
+    by_id = {c["id"]: c for c in committed["cases"]}
+    for case in bad["cases"]:
+        kind, out = by_id[case["id"]]["kind"], case["outputs"]
+        if kind == "sde_drift":
+            out["drift_g1"] = (2 * np.asarray(out["drift_g1"]) - np.asarray(out["drift_g0"])).tolist()
+        elif kind == "diffusion_loss":
+            out["cfm_weight_eps"] = out["cfm_weight_x1"]
+        elif kind == "ddpm_step":
+            inp = by_id[case["id"]]["inputs"]
+            a, _ = _schedules(inp["path"]["name"], inp["path"]["params"])
+            out["mean"] = (np.asarray(out["mean"]) - a(inp["t"]) * np.asarray(inp["x1_hat"])).tolist()
+    report = vectors.compare(committed, bad, kinds=("sde_drift", "diffusion_loss", "ddpm_step"))
+    assert not any(r["passed"] for r in report)
 
 
 @pytest.mark.parametrize("index", [0, 7, 20, -1])
