@@ -207,3 +207,22 @@ class GaussianCouplingField:
         dm = self.m1 - self.m0
         out = dm @ dm + onp.einsum("nij,nji->n", B, M)
         return out if onp.ndim(t) else float(out[0])
+
+    def field_error(self, velocity, rng, n=4000):
+        """E_{t ~ U[0,1], x ~ p_t} ‖v(x, t) − u_t(x)‖² by Monte Carlo on this field's marginal,
+        and its standard error: how far a learned field is from this population field.
+
+        Returns (mean, standard error), two floats.
+
+        Derivation: derivations/10-couplings.md (CPL.11)
+        """
+        from ..metrics import mean_and_stderr
+
+        t = rng.uniform(0.0, 1.0, n)
+        L = onp.linalg.cholesky(self.cov(t))
+        x = self.mean(t) + onp.einsum("nij,nj->ni", L, rng.standard_normal((n, self.dim)))
+        v = onp.asarray(velocity(x, t), dtype=float)
+        if v.shape != x.shape:
+            raise ValueError(f"velocity: expected velocity(x, t) of shape {x.shape}, got {v.shape}")
+        return mean_and_stderr(onp.sum((v - self.velocity(x, t)) ** 2, axis=1), "errors")
+

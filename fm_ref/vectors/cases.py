@@ -302,5 +302,8 @@ def _flow_cases():
 BUILDERS = {"path_schedule": _path_schedule_cases, "conditional_path": _conditional_path_cases,
             "marginal": _marginal_cases, "mlp_divergence": _mlp_cases, "cnf_log_prob": _cnf_cases,
             "flow_log_det": _flow_cases}
+from .couplings import COUPLING_BUILDERS  # noqa: E402  (derivations/10-couplings.md)
+
+BUILDERS.update(COUPLING_BUILDERS)
 #: The kinds of case, in the order they are generated.
 KINDS = tuple(BUILDERS)
