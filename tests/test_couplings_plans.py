@@ -78,7 +78,9 @@ def test_sinkhorn_marginals_meet_the_stopping_tolerance(sets, eps):
     res = sinkhorn(x_0, x_1, eps, a, b)
     assert res.marginal_error <= SINKHORN_TOL
     assert np.sum(np.abs(res.plan.sum(1) - a)) <= SINKHORN_TOL  # recomputed, not the reported value
-    assert np.sum(np.abs(res.plan.sum(0) - b)) <= 1e-14  # exact after the g-update
+    # exact after the g-update up to the rounding of exp((f_i + g_j − C_ij)/ε), whose argument
+    # reaches ~100 here (|f|/ε ~ 70 measured): ~100 ulps, so 1e-12
+    assert np.sum(np.abs(res.plan.sum(0) - b)) <= 1e-12
     assert 1 <= res.iterations
 
 
