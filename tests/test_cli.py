@@ -155,7 +155,8 @@ def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch):
     assert "figure will be skipped" in out and "held-out vs held-out (floor)" in out
     res = json.loads((tmp_path / "results.json").read_text())
     assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM"]
-    assert res["budget"] == {"nf": 2, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10}
+    assert res["budget"] == {"nf": 2, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "i-cfm": 10, "ot-cfm": 10,
+                             "sb-cfm": 10}
     for m in res["models"]:
         assert np.isfinite(m["nll"]) and m["w2"] > 0 and m["train_seconds"] > 0
     assert res["figure"] is None and not (tmp_path / "demo.png").exists()

@@ -195,13 +195,14 @@ def sinkhorn(x_0, x_1, epsilon, a=None, b=None, tol=SINKHORN_TOL, max_iter=SINKH
     max_iter = as_positive_int(max_iter, "max_iter")
     a, b = _weights(a, n, "a", positive=True), _weights(b, m, "b", positive=True)
     log_a, log_b, K = onp.log(a), onp.log(b), -C / epsilon
+    work = onp.empty_like(K)
     # lse_j = log Σ_j b_j exp((g_j − C_ij)/ε): the f-update's sum is also the row marginal,
     # π1 = a exp(f/ε + lse), so each iteration costs two log-sum-exps
-    lse = _logsumexp(log_b[None, :] + K, axis=1)
+    lse = _logsumexp(onp.add(K, log_b[None, :], out=work), axis=1)
     f = -epsilon * lse
     for it in range(1, max_iter + 1):
-        g = -epsilon * _logsumexp(log_a[:, None] + f[:, None] / epsilon + K, axis=0)
-        lse = _logsumexp(log_b[None, :] + g[None, :] / epsilon + K, axis=1)
+        g = -epsilon * _logsumexp(onp.add(K, (log_a + f / epsilon)[:, None], out=work), axis=0)
+        lse = _logsumexp(onp.add(K, (log_b + g / epsilon)[None, :], out=work), axis=1)
         err = float(onp.sum(a * onp.abs(onp.expm1(f / epsilon + lse))))
         if err <= tol:
             log_plan = log_a[:, None] + log_b[None, :] + (f[:, None] + g[None, :]) / epsilon + K
@@ -215,9 +216,11 @@ def sinkhorn(x_0, x_1, epsilon, a=None, b=None, tol=SINKHORN_TOL, max_iter=SINKH
 
 
 def _logsumexp(M, axis):
-    """log Σ exp along an axis of a finite array (max-shifted; a lighter scipy.special.logsumexp)."""
+    """log Σ exp along an axis of a finite array, max-shifted; overwrites M (a scratch array)."""
     mx = onp.max(M, axis=axis, keepdims=True)
-    return onp.squeeze(mx, axis) + onp.log(onp.sum(onp.exp(M - mx), axis=axis))
+    onp.subtract(M, mx, out=M)
+    onp.exp(M, out=M)
+    return onp.squeeze(mx, axis) + onp.log(onp.sum(M, axis=axis))
 
 
 def sample_pairs(plan, n, rng):
