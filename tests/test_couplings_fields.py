@@ -4,7 +4,6 @@ mixture marginal of any coupling (Theorems 1 and 2), the Gaussian population fie
 
 Derivation: derivations/10-couplings.md (CPL.1) to (CPL.3), (CPL.9) to (CPL.17)
 """
-import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import elementwise_grad

@@ -11,7 +11,6 @@ seed); OT-CFM the same path with the exact minibatch OT permutation; SB-CFM the 
 bridge σ = 1 with the entropic plan at ε = 2σ² (Sinkhorn stopped at ‖π1 − a‖₁ ≤ 1e-6, far
 below a batch's sampling noise 1/√256), trained on t ∈ [1e-3, 1 − 1e-3] (CPL.3).
 """
-import numpy as np
 
 __all__ = ["register_rows", "SB_SIGMA", "EULER_STEPS", "N_STRAIGHT"]
 

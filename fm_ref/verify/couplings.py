@@ -12,7 +12,6 @@ import numpy as onp
 from autograd import grad
 from scipy.integrate import solve_ivp
 from scipy.optimize import minimize
-from scipy.special import logsumexp
 
 from ..couplings.closed_form import PairMixture
 from ..couplings.evaluate import straightness
