@@ -7,7 +7,7 @@ derivations/08-evaluation.md (EVAL.5).
 """
 import numpy as np
 
-__all__ = ["COUPLING_BUILDERS", "make_pair_path"]
+__all__ = ["COUPLING_BUILDERS", "COUPLING_FLOAT32", "make_pair_path"]
 
 
 def _tol(abs_, rel, reason):
@@ -31,6 +31,23 @@ TOL_GAUSS = _tol(1e-12, 1e-10, "symmetric square roots by eigh and a solve with 
 # The schedule change: t_r by root finding to 4 ulps; ṫ_r, ṡ_r from it through quotients.
 TOL_SCHEDULE = _tol(1e-13, 1e-11, "t_r is a root found to 4 ulps; s_r, dt_r/dr, ds_r/dr follow through a few "
                                   "quotients (~100 ulps near t = 0 where alpha_t is small) (EVAL.5)")
+
+
+#: The float32 tier of these kinds (``fm-ref check --tier float32``), set by reasoning with a
+#: factor >= 10 over float32 rounding (ε₃₂ = 1.2e-7), not measured with a float32 port.
+COUPLING_FLOAT32 = {
+    "ot_permutation": _tol(1e-5, 1e-5, "float32: a permutation is exact while the best and second-best "
+                                       "assignments differ by more than float32 rounding of the costs (~1e-6 "
+                                       "relative; the gaps here are 4e-3 and 4e-2); the cost a sum of 7 squares"),
+    "entropic_plan": _tol(1e-5, 1e-3, "float32 Sinkhorn: ~1e-6 relative per update times the dual's conditioning "
+                                      "(~40); set by reasoning, not measured (EVAL.5)"),
+    "pair_path": _tol(1e-5, 1e-4, "float32 closed forms: a few ulps per operation, x5 through the bridge's "
+                                  "1/(2t(1 - t)) at t = 0.1; set by reasoning, not measured (EVAL.5)"),
+    "gaussian_ot_field": _tol(1e-4, 1e-3, "float32 matrix square roots and a solve (cond <= 1e2): ~1e-5 relative; "
+                                          "set by reasoning, not measured (EVAL.5)"),
+    "schedule_change": _tol(1e-4, 1e-3, "float32 root of alpha - rho sigma (~1e-7 in t) carried through quotients "
+                                        "and alpha_t ~ 7e-3 for VP; set by reasoning, not measured (EVAL.5)"),
+}
 
 
 def make_pair_path(spec):
