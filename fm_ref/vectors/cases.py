@@ -315,5 +315,11 @@ BUILDERS.update(_sampler_builders())  # flow_map, fixed_step (fm_ref/vectors/sam
 from .diffusion import DIFFUSION_BUILDERS  # noqa: E402  (the kinds of derivations/09-diffusion.md)
 
 BUILDERS.update(DIFFUSION_BUILDERS)
+
+from .couplings import COUPLING_BUILDERS, COUPLING_FLOAT32  # noqa: E402  (derivations/10-couplings.md)
+from .tiers import FLOAT32_TOLERANCES  # noqa: E402
+
+BUILDERS.update(COUPLING_BUILDERS)
+FLOAT32_TOLERANCES.update(COUPLING_FLOAT32)
 #: The kinds of case, in the order they are generated.
 KINDS = tuple(BUILDERS)
