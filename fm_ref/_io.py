@@ -7,6 +7,7 @@ the target with ``os.replace``, which POSIX and Windows make atomic. An error or
 interrupt during the write removes the temporary file and leaves any old file intact.
 """
 import os
+import stat
 import tempfile
 
 __all__ = ["atomic_write_text", "atomic_write_bytes"]
@@ -19,7 +20,8 @@ def atomic_write_bytes(path, data):
     ----------
     path : str or os.PathLike
         The target file; its folder must exist. An existing file is replaced, keeping
-        its permission bits.
+        its permission bits; a symbolic link keeps pointing at the (new) file; a device
+        or a pipe such as ``/dev/null`` is written into directly.
     data : bytes
 
     Returns
@@ -27,9 +29,15 @@ def atomic_write_bytes(path, data):
     bool
         True if ``path`` existed before (so that the caller can say it was overwritten).
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(os.fspath(path))  # through a symbolic link: replace its target, keep the link
     existed = os.path.exists(path)
+    if existed and not stat.S_ISREG(os.stat(path).st_mode):
+        # A device or a pipe (/dev/null, /dev/stdout): nothing to keep, and renaming over it
+        # would replace the device node itself, so write into it directly.
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return True
+    folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:

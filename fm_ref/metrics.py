@@ -72,7 +72,10 @@ def wasserstein2(x, y):
     Derivation: derivations/08-evaluation.md (EVAL.1)
     """
     _, cost = optimal_assignment(x, y)
-    return float(np.sqrt(np.mean(cost)))
+    top = float(np.max(cost))
+    if top * cost.size < 1e300:  # the sum cannot overflow: NumPy's mean as it is
+        return float(np.sqrt(np.mean(cost)))
+    return float(np.sqrt(top) * np.sqrt(np.mean(cost / top)))  # costs near float64's limit
 
 
 def mean_and_stderr(values, name="values"):

@@ -21,6 +21,8 @@ Endpoints. α_t, σ_t are defined on [0, 1]. Where a quantity is undefined, it r
 where α_t = 0 (t = 0, except VP, whose α₀ = exp(−(β_min + β_max)/4) ≈ 6.6e-3 for the
 default β's: VP never reaches pure noise).
 """
+import functools
+
 import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import getval, isbox
@@ -30,8 +32,9 @@ from ._validate import as_finite_float, as_points, as_time, check_same_shape, fi
 __all__ = ["AffinePath", "CondOT", "VP", "LinearVP", "Cosine", "Polynomial", "PATHS", "KINDS"]
 
 LOG_2PI = float(onp.log(2.0 * onp.pi))
-#: The four quantities a model may predict, and ``AffinePath.convert`` translates between.
-KINDS = ("velocity", "x1", "eps", "score")
+#: The quantities a model may predict, and ``AffinePath.convert`` translates between:
+#: velocity, x₁, ε (= x₀), score, and the "v" of Salimans & Ho (2022), v = α_t x̂₀ − σ_t x̂₁.
+KINDS = ("velocity", "x1", "eps", "score", "v")
 
 
 def _col(t):
@@ -61,6 +64,19 @@ def _array_route(fn):
 
     wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = fn.__name__, fn.__doc__, fn
     return wrapped
+
+
+def _overflow_named(name, what):
+    """Decorate a method so that a result beyond float64 raises ``ValueError`` naming
+    ``name`` (``_validate.finite_result``), never NaN, inf or a RuntimeWarning."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapped(self, *args, **kwargs):
+            return finite_result(name, what, lambda: method(self, *args, **kwargs))
+
+        return wrapped
+
+    return decorate
 
 
 def _require_nonzero(value, what, t):
@@ -122,6 +138,7 @@ class AffinePath:
         check_same_shape(x, x_1, x_name, x1_name)
         return x, x_1, as_time(t, n=x.shape[0])
 
+    @_overflow_named("x_1", "x_t")
     def sample(self, x_0, x_1, t):
         """x_t = σ_t x₀ + α_t x₁, shape (n, d).
 
@@ -135,6 +152,7 @@ class AffinePath:
         x_0, x_1, t = self._validate(x_0, x_1, t, x_name="x_0")
         return _col(self._sigma(t)) * x_0 + _col(self._alpha(t)) * x_1
 
+    @_overflow_named("x", "the conditional velocity")
     def conditional_velocity(self, x, x_1, t):
         """u_t(x | x₁) = (σ'_t/σ_t)(x − α_t x₁) + α'_t x₁, shape (n, d). Needs σ_t > 0.
 
@@ -164,20 +182,23 @@ class AffinePath:
         return finite_result("x", "the conditional log-density", log_density)
 
     # --- conversions between parameterisations ---------------------------------
+    @_overflow_named("value", "the converted prediction")
     def convert(self, value, x, t, frm, to):
-        """Translate a prediction at (x, t) between velocity, x₁, ε (= x₀) and score.
+        """Translate a prediction at (x, t) between velocity, x₁, ε (= x₀), score and "v".
 
         A model's output is read as one of ``KINDS``: the velocity v, the clean-data
         estimate x̂₁ = E[x₁|x_t], the noise estimate x̂₀ = E[x₀|x_t] (ε-prediction), or
-        the score ∇ log p_t. Each pins the pair (x̂₀, x̂₁) with x = σ_t x̂₀ + α_t x̂₁, and
-        from the pair every other kind follows (derivations/05-conversions.md (CONV.1)
-        to (CONV.4)).
+        the score ∇ log p_t, or Salimans & Ho's v = α_t x̂₀ − σ_t x̂₁ (on a path with
+        α² + σ² = 1, the angular velocity dx/dφ, φ = arctan(σ_t/α_t)). Each pins the pair
+        (x̂₀, x̂₁) with x = σ_t x̂₀ + α_t x̂₁, and from the pair every other kind follows
+        (derivations/05-conversions.md (CONV.1) to (CONV.4);
+        derivations/09-diffusion.md (DIF.1) for "v", defined for every t since α² + σ² > 0).
 
         Parameters
         ----------
         value, x : array, shape (n, d)
         t : float or array, shape (n,)
-        frm, to : one of 'velocity', 'x1', 'eps', 'score'
+        frm, to : one of 'velocity', 'x1', 'eps', 'score', 'v'
 
         Returns
         -------
@@ -217,6 +238,8 @@ class AffinePath:
         if to == "score":
             _require_nonzero(sigma, "σ_t (the score is −x̂₀/σ_t)", t)
             return -x0_hat() / _col(sigma)
+        if to == "v":  # (DIF.1)
+            return _col(alpha) * x0_hat() - _col(sigma) * x1_hat()
         return _col(self._d_alpha(t)) * x1_hat() + _col(self._d_sigma(t)) * x0_hat()
 
     def _gap(self, t):
@@ -226,6 +249,8 @@ class AffinePath:
     def _x0_from(self, value, x, t, frm, alpha, sigma):
         if frm == "eps":
             return value
+        if frm == "v":  # (DIF.1): x̂₀ = (σ_t x + α_t v)/(α_t² + σ_t²)
+            return (_col(sigma) * x + _col(alpha) * value) / _col(alpha**2 + sigma**2)
         if frm == "score":  # (CONV.3)
             return -_col(sigma) * value
         if frm == "x1":  # (CONV.2)
@@ -238,6 +263,8 @@ class AffinePath:
     def _x1_from(self, value, x, t, frm, alpha, sigma):
         if frm == "x1":
             return value
+        if frm == "v":  # (DIF.1): x̂₁ = (α_t x − σ_t v)/(α_t² + σ_t²)
+            return (_col(alpha) * x - _col(sigma) * value) / _col(alpha**2 + sigma**2)
         if frm == "velocity":  # (CONV.4)
             gap = self._gap(t)
             _require_nonzero(gap, "D_t = α'σ − ασ'", t)

@@ -99,6 +99,11 @@ def test_a_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     assert _io.atomic_write_text(target, "new") is True
     assert target.read_text() == "new" and (os.stat(target).st_mode & 0o777) == 0o640
     assert _io.atomic_write_bytes(tmp_path / "fresh.bin", b"\x00\x01") is False
+    os.symlink(target, tmp_path / "link.json")
+    _io.atomic_write_text(tmp_path / "link.json", "through the link")
+    assert os.path.islink(tmp_path / "link.json") and target.read_text() == "through the link"
+    _io.atomic_write_text(os.devnull, "discarded")  # a device is written into, never renamed over
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
 
 
 def test_every_cli_write_is_atomic_and_says_when_it_replaces(capsys, tmp_path, monkeypatch):
