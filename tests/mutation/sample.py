@@ -60,6 +60,17 @@ MODULES = {
     "flows.coupling": ("fm_ref/flows/coupling.py", ["tests/test_flows.py", "tests/test_flows_density.py"]),
     "flows.residual": ("fm_ref/flows/residual.py", ["tests/test_flows.py", "tests/test_flows_density.py"]),
     "train": ("fm_ref/train.py", ["tests/test_train.py"]),
+    "diffusion.losses": ("fm_ref/diffusion/losses.py", ["tests/test_diffusion.py", "tests/test_diffusion_samplers.py"]),
+    "diffusion.predictors": ("fm_ref/diffusion/predictors.py", ["tests/test_diffusion.py", "tests/test_diffusion_samplers.py"]),
+    "diffusion.samplers": ("fm_ref/diffusion/samplers.py", ["tests/test_diffusion.py", "tests/test_diffusion_samplers.py"]),
+    "diffusion.sde": ("fm_ref/diffusion/sde.py", ["tests/test_diffusion.py", "tests/test_diffusion_samplers.py"]),
+    "diffusion.train": ("fm_ref/diffusion/train.py", ["tests/test_diffusion.py", "tests/test_diffusion_samplers.py"]),
+    "couplings.closed_form": ("fm_ref/couplings/closed_form.py", ["tests/test_couplings_plans.py", "tests/test_couplings_fields.py"]),
+    "couplings.evaluate": ("fm_ref/couplings/evaluate.py", ["tests/test_couplings_plans.py", "tests/test_couplings_fields.py"]),
+    "couplings.gaussian": ("fm_ref/couplings/gaussian.py", ["tests/test_couplings_plans.py", "tests/test_couplings_fields.py"]),
+    "couplings.paths": ("fm_ref/couplings/paths.py", ["tests/test_couplings_plans.py", "tests/test_couplings_fields.py"]),
+    "couplings.plans": ("fm_ref/couplings/plans.py", ["tests/test_couplings_plans.py", "tests/test_couplings_fields.py"]),
+    "couplings.schedule": ("fm_ref/couplings/schedule.py", ["tests/test_couplings_plans.py", "tests/test_couplings_fields.py"]),
 }
 
 PYTHON = sys.executable
