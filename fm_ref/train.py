@@ -102,7 +102,7 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
 
 
 def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, callback=None,
-              t_min=0.0, t_max=1.0):
+              t_min=0.0, t_max=1.0, workers=1):
     """Train v_θ by conditional flow matching: Adam on mini-batch L_CFM.
 
     Each step draws t ~ U[t_min, t_max), x₀ ~ N(0, I) and x₁ from ``data`` (rows drawn
@@ -123,6 +123,8 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
     callback : callable(step, loss, params), optional
     t_min, t_max : float, the time range (use t_max < 1 for VP and LinearVP, whose
         σ'_t² is not integrable at t = 1: derivations/04-flow-matching.md (FM.7))
+    workers : int, threads that share each step's batch (``fm_ref._split_grad.SplitGrad``);
+        the same batches, and the same result to rounding
 
     Returns
     -------
@@ -148,9 +150,16 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
     else:
         points = as_points(data, "data", dim=mlp.dim)
         source = _Rows(points)
+    workers = as_positive_int(workers, "workers")
     if params is None:
         params = mlp.init(rng)
     mlp.check_params(params)
+    if workers > 1:
+        from ._split_grad import SplitGrad
+
+        sq_error_and_grad = SplitGrad(mlp._sq_error_and_grad, workers)
+    else:
+        sq_error_and_grad = mlp._sq_error_and_grad
 
     sample_training_batch(source, 1, onp.random.default_rng(0), t_min, t_max)  # validates the range
     try:
@@ -166,7 +175,7 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
         tc = t[:, None]
         x_t = path._sigma(tc) * x_0 + path._alpha(tc) * x_1
         u_t = path._d_sigma(tc) * x_0 + path._d_alpha(tc) * x_1
-        return mlp._sq_error_and_grad(p, x_t, t, u_t)
+        return sq_error_and_grad(p, x_t, t, u_t)
 
     return adam(loss_and_grad, params, steps, lr=lr, callback=callback)
 
