@@ -40,7 +40,20 @@ def _finite(obj):
     return obj
 
 
+def _picklable(log):
+    """``log`` if a worker process can receive it, else ``demo._print``."""
+    import pickle
+
+    try:
+        pickle.dumps(log)
+    except Exception:  # a lambda or a bound method of an unpicklable object
+        return demo._print
+    return log
+
+
 def _train_and_evaluate(pool, keys, train, test, seed, steps, sizes, figure, true_lp, log):
+    if not isinstance(pool, demo._Inline):
+        log = _picklable(log)
     trained = [pool.submit(train_model, key, train, steps, _row_seeds(seed, key)[0], log,
                            sizes["checkpoints"] if demo.ROWS[key].cost else 0) for key in keys]
     trained = [f.result() for f in trained]
@@ -169,4 +182,7 @@ def report(res):
                                f"s to NLL {level}", f"NFE to NLL {level}"], crows)]
         if comp:
             text.append(f"\n{comp['summary']}")
+    notes = [r["early"] for r in res["models"] if r.get("early")]
+    if notes and res["steps"] <= demo.DEFAULTS["steps"]:
+        text.append("\n" + "\n".join(f"note: {n}" for n in notes))
     return "\n".join(text)
