@@ -44,17 +44,20 @@ def check_outputs(out, names):
     return exists
 
 
-def write_atomic(path, write):
-    """Write ``path`` atomically: ``write(tmp_path)`` fills a temporary file in the same
-    directory, which then replaces ``path``; the temporary file never outlives a failure.
+def write_atomic(path, data):
+    """Write the bytes ``data`` to ``path`` atomically: a temporary file in the same
+    directory, flushed and synced, then renamed over ``path`` (an existing file keeps its
+    permission bits); the temporary file never outlives a failure or an interrupt.
 
     Returns True when an existing file was replaced.
     """
     folder, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        write(tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         replaced = os.path.exists(path)
         os.chmod(tmp, os.stat(path).st_mode & 0o7777 if replaced else 0o666 & ~_umask())  # mkstemp made it 0600
         os.replace(tmp, path)

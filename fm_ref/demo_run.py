@@ -1,6 +1,7 @@
 """The demo's run, after ``fm_ref.demo.run_demo`` has checked its arguments and outputs:
 draw the data, train every row in worker processes, evaluate the models and the cost
 snapshots, assemble ``results.json`` and write the figures and the JSON atomically."""
+import io
 import json
 import math
 import os
@@ -125,21 +126,20 @@ def run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, qu
         from .demo_figures import plot_cost, plot_demo
 
         start = time.perf_counter()
-        for name, draw in (("demo.png", lambda p: plot_demo(evals, train, test, results, figure[0], p)),
-                           ("cost.png", lambda p: plot_cost(results, p))):
+        for name, draw in (("demo.png", lambda f: plot_demo(evals, train, test, results, figure[0], f)),
+                           ("cost.png", lambda f: plot_cost(results, f))):
+            buf = io.BytesIO()
+            draw(buf)
             path = os.path.join(out, name)
-            if write_atomic(path, draw):
+            if write_atomic(path, buf.getvalue()):
                 results["replaced"].append(path)
             results["figures"][name] = path
         log(f"figures: {', '.join(results['figures'].values())} ({time.perf_counter() - start:.1f} s)")
     results["total_seconds"] = time.perf_counter() - t_start
     path = os.path.join(out, "results.json")
 
-    def dump(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(_finite(results), fh, indent=1, allow_nan=False)
-            fh.write("\n")
-    if write_atomic(path, dump):
+    text = json.dumps(_finite(results), indent=1, allow_nan=False) + "\n"
+    if write_atomic(path, text.encode("utf-8")):
         results["replaced"].append(path)
     results["results_json"] = path
     for key, c in curves.items():  # in memory only: the snapshots' parameters (tests re-evaluate them)
