@@ -142,7 +142,8 @@ def plot_cost(results, path):
         ax.axhline(gauss, color="0.5", ls=":", lw=1, label=f"Gaussian fit {gauss:.3f}")
         comp = results["cost"].get("comparison")
         if comp is not None:
-            ax.axhline(comp["target"], color="C3", lw=0.6, alpha=0.6)
+            ax.axhline(comp["target"], color="C3", lw=0.8, alpha=0.7,
+                       label=f"the MLE CNF's best, {comp['target']:.3f} (the summary's level)")
         ax.set_xscale("log")
         ax.set_ylim(bottom, top)
         ax.set_xlabel(label, fontsize=10)

@@ -183,6 +183,8 @@ def report(res):
         if comp:
             text.append(f"\n{comp['summary']}")
     notes = [r["early"] for r in res["models"] if r.get("early")]
-    if notes and res["steps"] <= demo.DEFAULTS["steps"]:
+    if res["quick"]:
+        text.append("\nnote: --quick trains on a fifth of the default budgets: every model stops before its plateau")
+    elif notes and res["steps"] == demo.DEFAULTS["steps"]:
         text.append("\n" + "\n".join(f"note: {n}" for n in notes))
     return "\n".join(text)
