@@ -21,6 +21,7 @@ __all__ = [
     "as_generator",
     "as_finite_float",
     "check_same_shape",
+    "finite_result",
 ]
 
 
@@ -146,3 +147,29 @@ def check_same_shape(a, b, name_a, name_b):
     sa, sb = onp.shape(getval(a)), onp.shape(getval(b))
     if sa != sb:
         raise ValueError(f"{name_b}: expected the shape of {name_a}, {sa}, got {sb}")
+
+
+def finite_result(name, what, fn, *args):
+    """``fn(*args)`` with NumPy's overflow and invalid-operation warnings silenced, and its
+    result checked: a non-finite value raises ``ValueError`` naming ``name``.
+
+    The one mechanism for closed forms whose value can leave float64 for extreme inputs
+    (a squared distance of 1e200, a second moment of 1e160²): never a NaN or a bare
+    ``RuntimeWarning``, but ``"{name}: {what} overflows float64 ..."``. The result may be
+    nested tuples and lists of arrays or autograd's traced arrays; each leaf is checked.
+    """
+    with onp.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out = fn(*args)
+    stack = [out]
+    while stack:
+        part = getval(stack.pop())
+        if isinstance(part, (list, tuple)):
+            stack.extend(part)
+            continue
+        raw = onp.asarray(part)
+        if raw.dtype.kind == "c":
+            raise TypeError(f"{name}: {what} is complex; expected real values")
+        if raw.dtype.kind in "fiu" and not onp.all(onp.isfinite(raw)):
+            raise ValueError(f"{name}: {what} overflows float64 for these inputs (values too large "
+                             f"or too far apart; rescale them)")
+    return out

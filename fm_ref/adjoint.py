@@ -21,7 +21,7 @@ from autograd.misc import flatten
 from scipy.integrate import solve_ivp
 
 from ._validate import as_finite_float, as_generator, as_points, as_positive_int
-from .cnf import CNF, METHODS, as_rtol
+from .cnf import CNF, MAX_NFE, METHODS, as_rtol, capped_rhs
 from .distributions import StandardNormal
 from .train import adam
 
@@ -54,7 +54,8 @@ def _check(mlp, params, x, base, params_checked=True, name="x"):
     return x, base
 
 
-def adjoint_nll_grad(mlp, params, x, rtol=1e-8, atol=1e-8, method="DOP853", base=None, info=False):
+def adjoint_nll_grad(mlp, params, x, rtol=1e-8, atol=1e-8, method="DOP853", base=None, info=False,
+                     max_nfe=MAX_NFE):
     """Mean negative log-likelihood of x under the MLP CNF, and its θ-gradient by the adjoint.
 
     Pass 1 (t: 1 → 0) solves [z, ℓ] with the closed-form divergence (CNF.4).
@@ -72,6 +73,9 @@ def adjoint_nll_grad(mlp, params, x, rtol=1e-8, atol=1e-8, method="DOP853", base
     base : distribution with an autograd-differentiable ``log_prob`` (N(0, I) by default)
     info : bool
         Also return a dict with the NFE of both passes and the re-solved z(1) error.
+    max_nfe : int
+        Cap on right-hand-side evaluations of each pass (``fm_ref.cnf.MAX_NFE`` by
+        default); beyond it ``fm_ref.cnf.NFELimitError`` names the stiffness.
 
     Returns
     -------
@@ -86,9 +90,10 @@ def adjoint_nll_grad(mlp, params, x, rtol=1e-8, atol=1e-8, method="DOP853", base
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     rtol = as_rtol(rtol)
     atol = as_finite_float(atol, "atol", lo=0.0, lo_open=True)
+    max_nfe = as_positive_int(max_nfe, "max_nfe")
     n, d = x.shape
     nd = n * d
-    flow = CNF.from_mlp(mlp, params, base=base, method=method, rtol=rtol, atol=atol)
+    flow = CNF.from_mlp(mlp, params, base=base, method=method, rtol=rtol, atol=atol, max_nfe=max_nfe)
     fwd = flow.log_prob(x)
     loss = -float(onp.mean(fwd.log_prob))
     z0 = fwd.x
@@ -107,13 +112,18 @@ def adjoint_nll_grad(mlp, params, x, rtol=1e-8, atol=1e-8, method="DOP853", base
         a = y[nd:2 * nd].reshape(n, d)
         v = mlp.apply(params, z, t)
         gz, gth = grad_h((z, flat), a, t)
-        return onp.concatenate([onp.ravel(v), -onp.ravel(gz), -gth])
+        out = onp.concatenate([onp.ravel(v), -onp.ravel(gz), -gth])
+        if not onp.all(onp.isfinite(out)):  # a NaN slope would send solve_ivp round until max_nfe
+            raise FloatingPointError(f"params: the adjoint ODE's slope is non-finite at t = {t!r} (overflow)")
+        return out
 
     a0 = -onp.asarray(grad(lambda z: np.sum(base.log_prob(z)))(z0)) / n
     y0 = onp.concatenate([z0.ravel(), a0.ravel(), onp.zeros(flat.size)])
-    sol = solve_ivp(rhs, (0.0, 1.0), y0, method=method, rtol=rtol, atol=atol)
+    rhs = capped_rhs(rhs, max_nfe, method, 0.0, 1.0, "the adjoint pass")
+    with onp.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):  # as in CNF._solve
+        sol = solve_ivp(rhs, (0.0, 1.0), y0, method=method, rtol=rtol, atol=atol)
     if sol.status != 0:
-        raise RuntimeError(f"solve_ivp ({method}) failed on the adjoint pass: {sol.message}")
+        raise RuntimeError(f"params: solve_ivp ({method}) failed on the adjoint pass: {sol.message}")
     y1 = sol.y[:, -1]
     if not onp.all(onp.isfinite(y1)):
         raise FloatingPointError("the adjoint pass produced non-finite values")
@@ -122,6 +132,11 @@ def adjoint_nll_grad(mlp, params, x, rtol=1e-8, atol=1e-8, method="DOP853", base
         return loss, grads
     z1_err = float(onp.max(onp.abs(y1[:nd].reshape(n, d) - x)))
     return loss, grads, {"nfev_forward": fwd.nfev, "nfev_adjoint": int(sol.nfev), "z1_error": z1_err}
+
+
+#: Most fixed RK4 steps of ``nll_rk4``: its error falls like K⁻⁴ and autograd's tape grows
+#: like K, so 10⁵ steps (error ~1e-20 of the one-step error) is beyond any use.
+MAX_RK4_STEPS = 100_000
 
 
 def nll_rk4(mlp, params, x, steps, base=None):
@@ -143,6 +158,9 @@ def nll_rk4(mlp, params, x, steps, base=None):
     """
     x, base = _check(mlp, params, x, base)
     steps = as_positive_int(steps, "steps")
+    if steps > MAX_RK4_STEPS:
+        raise ValueError(f"steps: expected at most {MAX_RK4_STEPS} RK4 steps (autograd keeps every step on its "
+                         f"tape), got {steps}")
     h = -1.0 / steps
 
     def f(z, t):
@@ -161,7 +179,7 @@ def nll_rk4(mlp, params, x, steps, base=None):
 
 
 def train_cnf_mle(mlp, params_or_rng, data, steps, rng, lr=1e-2, batch=128, callback=None,
-                  rtol=1e-4, atol=1e-5, method="DOP853", base=None):
+                  rtol=1e-4, atol=1e-5, method="DOP853", base=None, max_nfe=MAX_NFE):
     """Fit an MLP CNF to data by maximum likelihood: Adam on adjoint gradients.
 
     Parameters
@@ -176,6 +194,7 @@ def train_cnf_mle(mlp, params_or_rng, data, steps, rng, lr=1e-2, batch=128, call
     rtol, atol, method : the solver settings of both passes (loose by default: training
         needs gradients to a few digits only)
     base : distribution (N(0, I) by default)
+    max_nfe : int, the cap on evaluations of each solve (see ``adjoint_nll_grad``)
 
     Returns
     -------
@@ -195,6 +214,7 @@ def train_cnf_mle(mlp, params_or_rng, data, steps, rng, lr=1e-2, batch=128, call
     steps = as_positive_int(steps, "steps")
     rng = as_generator(rng)
     batch = as_positive_int(batch, "batch")
+    as_positive_int(max_nfe, "max_nfe")
     if batch > data.shape[0]:
         raise ValueError(f"batch: expected at most the {data.shape[0]} data points, got {batch}")
     if method not in METHODS:
@@ -204,7 +224,8 @@ def train_cnf_mle(mlp, params_or_rng, data, steps, rng, lr=1e-2, batch=128, call
 
     def loss_and_grad(p, step):
         idx = rng.choice(data.shape[0], size=batch, replace=False)
-        return adjoint_nll_grad(mlp, p, data[idx], rtol=rtol, atol=atol, method=method, base=base)
+        return adjoint_nll_grad(mlp, p, data[idx], rtol=rtol, atol=atol, method=method, base=base,
+                                max_nfe=max_nfe)
 
     start = time.perf_counter()
     params, losses = adam(loss_and_grad, params, steps, lr=lr, callback=callback)

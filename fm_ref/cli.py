@@ -9,8 +9,15 @@ vectors  write the golden reference vectors (float64, bit-exact JSON)
 check    compare another implementation's results with the reference vectors
 bench    time the operations that matter (medians over repeats)
 
-Exit codes: 0 success; 1 a check or a comparison failed; 2 bad arguments or a bad
-file (a one-line ``fm-ref: error: ...`` message, never a traceback).
+Exit codes: 0 success; 1 a check or a comparison failed; 2 bad arguments, a bad file
+or a failed computation (one line ``fm-ref: error: ...`` on stderr naming the option or
+the file, never a traceback; argparse's own usage errors look the same, e.g.
+``fm-ref: error: argument --seed: invalid int value: 'x'``); 130 interrupted; 141 the
+reader of the output went away (``fm-ref check ... | head -1``: a quiet end, as for a
+process ended by SIGPIPE).
+
+Every file written is written atomically (``fm_ref._io``): an interrupted or failed write
+leaves the old file intact, and replacing an existing file is said in the output line.
 """
 import argparse
 import json
@@ -19,6 +26,7 @@ import os
 import sys
 
 from . import __version__
+from ._io import atomic_write_text
 
 __all__ = ["main", "format_table"]
 
@@ -92,9 +100,9 @@ def _finite_json(obj):
 
 
 def _write_json(path, payload):
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(_finite_json(payload), fh, indent=1, allow_nan=False)
-        fh.write("\n")
+    """Write ``payload`` as JSON atomically; return the line that says so."""
+    existed = atomic_write_text(path, json.dumps(_finite_json(payload), indent=1, allow_nan=False) + "\n")
+    return f"wrote {path}" + (" (replaced the existing file)" if existed else "")
 
 
 def check_writable(path, what="--json"):
@@ -152,9 +160,8 @@ def cmd_verify(args):
     _say(f"\n{len(records) - len(failed)}/{len(records)} checks passed in {total:.1f} s"
          + (f"; failed: {', '.join(failed)}" if failed else ""))
     if args.json:
-        _write_json(args.json, {"fm_ref_version": __version__, "passed": not failed,
-                                "n_checks": len(records), "checks": records})
-        _say(f"wrote {args.json}")
+        _say(_write_json(args.json, {"fm_ref_version": __version__, "passed": not failed,
+                                     "n_checks": len(records), "checks": records}))
     return 1 if failed else 0
 
 
@@ -165,23 +172,37 @@ def cmd_vectors(args):
 
     check_writable(args.out, "--out")
     _say(f"fm-ref vectors: generating {', '.join(args.kind) if args.kind else 'all kinds'}")
+    existed = os.path.exists(args.out)
     payload = vectors.write_vectors(args.out, kinds=args.kind, log=_say)
     size = os.path.getsize(args.out)
-    _say(f"wrote {len(payload['cases'])} cases to {args.out} ({size / 1024:.0f} KiB)")
+    _say(f"wrote {len(payload['cases'])} cases to {args.out} ({size / 1024:.0f} KiB)"
+         + (" (replaced the existing file)" if existed else ""))
     return 0
+
+
+def _worst(values):
+    """The largest value, NaN if any is NaN (the builtin max can drop a NaN)."""
+    values = list(values)
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+def _check_not_an_input(path, what, **inputs):
+    """Refuse an output file that is one of the input files (it would replace them)."""
+    if path is None or not os.path.exists(path):
+        return
+    for role, other in inputs.items():
+        if os.path.exists(other) and os.path.samefile(path, other):
+            raise UsageError(f"{what}: {path!r} is the {role} file; writing the report would replace it")
 
 
 def cmd_check(args):
     from . import vectors
 
     check_writable(args.json)
+    _check_not_an_input(args.json, "--json", VECTORS=args.vectors, RESULTS=args.results)
     ref = vectors.load_json(args.vectors, "VECTORS")
     got = vectors.load_json(args.results, "RESULTS")
-    for case in ref["cases"]:
-        tol = case.get("tolerance")
-        if not (isinstance(tol, dict) and all(isinstance(tol.get(k), (int, float)) for k in ("abs", "rel"))):
-            raise ValueError(f"VECTORS: case {case['id']!r} has no tolerance {{'abs': ..., 'rel': ...}}")
-    report = vectors.compare(ref, got, kinds=args.kind)
+    report = vectors.compare(ref, got, kinds=args.kind)  # validates the reference first
     unknown = sorted({c["id"] for c in got["cases"]} - {c["id"] for c in ref["cases"]})
     if unknown:
         _say(f"note: {len(unknown)} case(s) in {args.results} are not in {args.vectors} and were ignored: "
@@ -189,8 +210,8 @@ def cmd_check(args):
     by_kind = {}
     for r in report:
         by_kind.setdefault(r["kind"], []).append(r)
-    rows = [[kind, str(len(rs)), str(sum(r["passed"] for r in rs)), fmt(max(r["max_abs"] for r in rs), ".2e"),
-             fmt(max(r["max_rel"] for r in rs), ".2e"), fmt(max(r["ratio"] for r in rs), ".2g")]
+    rows = [[kind, str(len(rs)), str(sum(r["passed"] for r in rs)), fmt(_worst(r["max_abs"] for r in rs), ".2e"),
+             fmt(_worst(r["max_rel"] for r in rs), ".2e"), fmt(_worst(r["ratio"] for r in rs), ".2g")]
             for kind, rs in by_kind.items()]
     _say(f"fm-ref check: {args.results} against {args.vectors} ({len(report)} cases)\n")
     _say(format_table(["kind", "cases", "passed", "max abs err", "max rel err", "worst err/tol"], rows))
@@ -205,8 +226,7 @@ def cmd_check(args):
     _say(f"\n{len(report) - len(failed)}/{len(report)} cases within tolerance"
          + ("" if not failed else f"; {len(failed)} FAILED") + "  (err/tol = max |got - ref| / (abs + rel |ref|))")
     if args.json:
-        _write_json(args.json, {"passed": not failed, "n_cases": len(report), "cases": report})
-        _say(f"wrote {args.json}")
+        _say(_write_json(args.json, {"passed": not failed, "n_cases": len(report), "cases": report}))
     return 1 if failed else 0
 
 
@@ -258,25 +278,55 @@ def cmd_bench(args):
             for r in out["results"]]
     _say(format_table(["operation", "size", "median ms", "rate", "notes"], rows, align="llrrl"))
     if args.json:
-        _write_json(args.json, out)
-        _say(f"wrote {args.json}")
+        _say(_write_json(args.json, out))
     return 0
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_in(lo, hi, what="a positive integer"):
+    """An argparse type: an integer in [lo, hi] (argparse names the option in its message)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text[:40]!r}") from None
+        if not lo <= value <= hi:
+            top = f"2**{hi.bit_length() - 1}" if hi > 2**32 and hi & (hi - 1) == 0 else str(hi)
+            raise argparse.ArgumentTypeError(f"expected {what} in [{lo}, {top}], got {text[:40]}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_in(1, 10**9)
+#: Bounds for the numeric options: far above any useful value, low enough that a typo
+#: cannot ask for hours of work or more memory than the machine has.
+MAX_STEPS = 10**6  # CFM steps (the demo's default is 2000; 10⁶ is many hours)
+MAX_JOBS = 256
+MAX_REPEATS = 1000
+MAX_SEED = 2**128  # numpy's SeedSequence takes any non-negative integer; 128 bits is plenty
+
+
+def _name(text):
+    """An argparse type: a non-empty file or folder name."""
+    if not text or not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file or folder name, got {text!r}")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("expected a file or folder name, got one with a NUL character")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line ``fm-ref: error: ...`` (exit code 2)."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 # ----------------------------------------------------------------------------- parser
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fm-ref",
         description="fm_ref: a float64 reference implementation of normalizing flows, CNFs and "
                     "(conditional) flow matching.",
@@ -289,21 +339,25 @@ def build_parser():
 
     p = sub.add_parser("demo", help="train NF, CNF and CFM models on 2-D data and compare them (the main job)")
     p.add_argument("--data", choices=sorted(TOY_DATASETS), default="8gaussians", help="toy data set (default 8gaussians)")
-    p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+    from .demo import MAX_EVAL
+
+    p.add_argument("--steps", type=_int_in(1, MAX_STEPS), default=None, metavar="N",
                    help="CFM training steps (default 8000, 1500 with --quick); the other budgets scale with it")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--out", default="out", metavar="DIR", help="output directory, created if needed (default ./out)")
-    p.add_argument("--n-eval", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--seed", type=_int_in(0, MAX_SEED, "a non-negative integer"), default=0, metavar="S",
+                   help="random seed (default 0)")
+    p.add_argument("--out", type=_name, default="out", metavar="DIR",
+                   help="output directory, created if needed (default ./out)")
+    p.add_argument("--n-eval", type=_int_in(2, MAX_EVAL, "an integer"), default=None, metavar="N",
                    help="held-out points for NLL and W2 (default 2000)")
     p.add_argument("--no-plot", action="store_true", help="do not write demo.png and cost.png")
     p.add_argument("--quick", action="store_true", help="smaller budgets and sizes: a first look in about 30 s")
     p.add_argument("--quiet", action="store_true", help="no progress lines; only the tables and the files written")
-    p.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--jobs", type=_int_in(1, MAX_JOBS), default=None, metavar="N",
                    help="worker processes for training and evaluation (default: 2, or 1 on one core)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("verify", help="run the theorem checks and print a table (exit 1 if any fails)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", type=_name, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--group", action="append", choices=VERIFY_GROUPS,
                    help="run only this group of checks (repeatable)")
     p.add_argument("--check", action="append", metavar="NAME", help="run only the check NAME (repeatable)")
@@ -312,43 +366,65 @@ def build_parser():
     from .vectors import KINDS
 
     p = sub.add_parser("vectors", help="write the golden reference vectors (float64 JSON)")
-    p.add_argument("--out", metavar="FILE", required=True, help="the JSON file to write")
+    p.add_argument("--out", type=_name, metavar="FILE", required=True, help="the JSON file to write")
     p.add_argument("--kind", action="append", choices=KINDS, help="only this kind of case (repeatable)")
     p.set_defaults(func=cmd_vectors)
 
     p = sub.add_parser("check", help="compare your results with the reference vectors (exit 1 on a mismatch)")
-    p.add_argument("vectors", metavar="VECTORS", help="reference vectors from 'fm-ref vectors'")
-    p.add_argument("results", metavar="RESULTS", help="your outputs: the same schema, each case with id and outputs")
+    p.add_argument("vectors", type=_name, metavar="VECTORS", help="reference vectors from 'fm-ref vectors'")
+    p.add_argument("results", type=_name, metavar="RESULTS",
+                   help="your outputs: the same schema, each case with id and outputs")
     p.add_argument("--kind", action="append", choices=KINDS,
                    help="check only cases of this kind (repeatable); RESULTS need hold only those")
     p.add_argument("--all", action="store_true", help="list every case, not only the failed ones")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--json", type=_name, metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("bench", help="time divergence, CNF log-likelihood, CFM training and flow log_prob")
-    p.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="repeats per timing (median; default 3)")
+    p.add_argument("--repeats", type=_int_in(1, MAX_REPEATS), default=3, metavar="N",
+                   help="repeats per timing (median; default 3)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", type=_name, metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
     return parser
 
 
+def _error(message, code=2):
+    """Print ``fm-ref: error: message`` as one line on stderr; return the exit code."""
+    print("fm-ref: error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+    return code
+
+
+def _quiet_broken_pipe():
+    """The reader of stdout went away: send further output (and the interpreter's final
+    flush) to /dev/null, so that nothing is printed about it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
+    return 141
+
+
 def main(argv=None):
     """Run ``fm-ref`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help or --version (0)
+            return exc.code if isinstance(exc.code, int) else 2
         return args.func(args)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"fm-ref: error: {exc.strerror or exc}{where}", file=sys.stderr, flush=True)
-        return 2
-    except (UsageError, ValueError, TypeError) as exc:
-        print(f"fm-ref: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return _error(f"{exc.strerror or exc}{where}")
+    except (UsageError, ValueError, TypeError, ArithmeticError, RuntimeError) as exc:
+        # ArithmeticError (FloatingPointError, overflow) and RuntimeError: a solver failure
+        return _error(exc)
+    except MemoryError:
+        return _error("out of memory (lower the sizes asked for)")
     except KeyboardInterrupt:
         print("fm-ref: interrupted", file=sys.stderr)
         return 130

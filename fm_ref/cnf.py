@@ -15,8 +15,11 @@ for the augmented ODE, ∇·v) for the whole batch once:
 - ``Trajectory(ts, xs, nfev)``: ``xs`` shape (m, n, d) at the m times ``ts``.
 
 A solver failure (``status != 0``) raises ``RuntimeError`` with the solver's message;
-a non-finite velocity, divergence or state raises ``FloatingPointError``; nothing
-returns NaN.
+a non-finite velocity, divergence or state raises ``FloatingPointError``; a complex or
+non-numeric velocity raises ``TypeError``; nothing returns NaN. No solve runs for ever:
+after ``max_nfe`` right-hand-side evaluations (``MAX_NFE`` by default) it raises
+``NFELimitError``, naming the stiffness and what to do (an implicit method, looser
+tolerances, or a larger ``max_nfe``).
 """
 import dataclasses
 
@@ -28,7 +31,8 @@ from ._validate import as_finite_float, as_float_array, as_generator, as_points,
 from .distributions import StandardNormal
 from .divergence import PROBES, MLPTrace, _divergence_hutchinson, _probes, _value_and_divergence
 
-__all__ = ["CNF", "FlowResult", "Trajectory", "METHODS", "MIN_RTOL", "as_rtol"]
+__all__ = ["CNF", "FlowResult", "Trajectory", "METHODS", "MIN_RTOL", "MAX_NFE", "NFELimitError", "as_rtol",
+           "capped_rhs"]
 
 #: The explicit and implicit solve_ivp methods a CNF accepts.
 METHODS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
@@ -62,6 +66,50 @@ class Trajectory:
     ts: onp.ndarray
     xs: onp.ndarray
     nfev: int
+
+
+#: Default cap on right-hand-side evaluations per solve. A smooth field needs tens to a few
+#: hundred (DOP853 at rtol = 1e-8: 50 for a random 2-D MLP field, 50-74 for the demo's
+#: trained models, README); an explicit method on a stiff field of rate λ needs about
+#: 4λ (measured: λ = 10⁶ reaches the cap at t = 0.053), so 10⁵ stops λ ≳ 2.5·10⁴ in seconds
+#: to minutes instead of hours.
+MAX_NFE = 100_000
+
+
+class NFELimitError(RuntimeError):
+    """An ODE solve needed more right-hand-side evaluations than its ``max_nfe``."""
+
+
+def capped_rhs(rhs, max_nfe, method, t0, t1, what="the ODE solve"):
+    """``rhs`` counting its calls; call ``max_nfe + 1`` raises ``NFELimitError``.
+
+    solve_ivp has no cap of its own: on a stiff field an explicit method takes steps of
+    the size its stability allows (≈ 3/λ for DOP853) and runs for as long as one waits.
+    The count is solve_ivp's ``nfev`` (it includes the finite-difference Jacobian columns
+    of the implicit methods).
+    """
+    count = [0]
+
+    def wrapped(t, y):
+        count[0] += 1
+        if count[0] > max_nfe:
+            raise NFELimitError(
+                f"max_nfe: {what} from t = {t0!r} to {t1!r} ({method}) reached {max_nfe} right-hand-side "
+                f"evaluations at t = {float(t)!r}: the field is stiff (or varies very fast) there, so the "
+                f"solver takes tiny steps; use an implicit method (method='Radau' or 'BDF'), loosen rtol/atol, "
+                f"or raise max_nfe")
+        return rhs(t, y)
+
+    return wrapped
+
+
+def real_values(value, name):
+    """``value`` as a float64 array; complex, boolean or object values raise ``TypeError``
+    (assigning a complex array into a float one would drop the imaginary part)."""
+    arr = onp.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected real floating-point values, got dtype {arr.dtype}")
+    return arr.astype(onp.float64, copy=False)
 
 
 #: The smallest rtol solve_ivp honours; below it, it warns and uses this value instead.
@@ -114,12 +162,15 @@ class CNF:
     value_and_divergence : callable, optional
         (x, t) -> (v, div) in one pass, for fast right-hand sides (``from_mlp`` sets it);
         it may return views of its work arrays: the solver copies them at once.
+    max_nfe : int
+        Cap on right-hand-side evaluations per solve (``MAX_NFE`` = 10⁵ by default); a
+        solve that needs more raises ``NFELimitError`` (a stiff field: use 'Radau' or 'BDF').
 
     Derivation: derivations/06-cnf.md (CNF.1)
     """
 
     def __init__(self, velocity, dim, base=None, method="DOP853", rtol=1e-8, atol=1e-8,
-                 divergence_fn=None, value_and_divergence=None):
+                 divergence_fn=None, value_and_divergence=None, max_nfe=MAX_NFE):
         if not callable(velocity):
             raise TypeError(f"velocity: expected a callable v(x, t) -> (n, d), got {type(velocity).__name__}")
         self.velocity = velocity
@@ -134,6 +185,7 @@ class CNF:
         self.method = method
         self.rtol = as_rtol(rtol)
         self.atol = as_finite_float(atol, "atol", lo=0.0, lo_open=True)
+        self.max_nfe = as_positive_int(max_nfe, "max_nfe")
         for name, fn in (("divergence_fn", divergence_fn), ("value_and_divergence", value_and_divergence)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name}: expected a callable or None, got {type(fn).__name__}")
@@ -186,9 +238,14 @@ class CNF:
 
     # ------------------------------------------------------------------ solving
     def _solve(self, rhs, y0, t0, t1, t_eval=None):
-        sol = solve_ivp(rhs, (t0, t1), y0, method=self.method, rtol=self.rtol, atol=self.atol, t_eval=t_eval)
+        rhs = capped_rhs(rhs, self.max_nfe, self.method, t0, t1)
+        # The solver's own arithmetic on a state near float64's limit may overflow: silenced
+        # here, because the right-hand side refuses a non-finite state or slope by name.
+        with onp.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            sol = solve_ivp(rhs, (t0, t1), y0, method=self.method, rtol=self.rtol, atol=self.atol, t_eval=t_eval)
         if sol.status != 0:
-            raise RuntimeError(f"solve_ivp ({self.method}) failed integrating from t0={t0} to t1={t1}: {sol.message}")
+            raise RuntimeError(f"velocity: solve_ivp ({self.method}) failed integrating from t0={t0} to t1={t1}: "
+                               f"{sol.message}")
         if sol.t[-1] != t1:  # solve_ivp clips the last step to t_bound; guard the contract
             raise RuntimeError(f"solve_ivp stopped at t = {sol.t[-1]!r}, not at t1 = {t1!r}")
         if not onp.all(onp.isfinite(sol.y[:, -1])):
@@ -201,7 +258,9 @@ class CNF:
         velocity = self._value_only or self.velocity
 
         def rhs(t, y):
-            v = onp.asarray(velocity(y.reshape(n, d), t))
+            if not onp.all(onp.isfinite(y)):
+                raise FloatingPointError(f"x: the state left float64 (overflow) at t = {t!r}")
+            v = real_values(velocity(y.reshape(n, d), t), "velocity")
             if v.shape != (n, d):
                 raise ValueError(f"velocity: expected v(x, t) of shape {(n, d)}, got {v.shape}")
             if not onp.all(onp.isfinite(v)):  # a NaN slope would send solve_ivp round for ever
@@ -217,14 +276,14 @@ class CNF:
                 return self._vdiv
             if self.divergence_fn is not None:
                 return lambda x, t: (self.velocity(x, t), self.divergence_fn(x, t))
-            return lambda x, t: _value_and_divergence(self.velocity, x, t)
+            return lambda x, t: _value_and_divergence(self.velocity, x, t, "velocity")
         if divergence == "hutchinson":
             if probe not in PROBES:
                 raise ValueError(f"probe: expected one of {sorted(PROBES)}, got {probe!r}")
             if eps is None:
                 as_generator(rng)
             fixed = _probes(onp.zeros((n, self.dim)), rng, n_probes, probe, eps)  # drawn ONCE per solve
-            return lambda x, t: _divergence_hutchinson(self.velocity, x, t, fixed)
+            return lambda x, t: _divergence_hutchinson(self.velocity, x, t, fixed, "velocity")
         raise ValueError(f"divergence: expected 'exact' or 'hutchinson', got {divergence!r}")
 
     def _augmented_solve(self, x, t0, t1, ell0, sign, vdiv):
@@ -233,7 +292,10 @@ class CNF:
         nd = n * d
 
         def rhs(t, y):
+            if not onp.all(onp.isfinite(y)):
+                raise FloatingPointError(f"x: the state left float64 (overflow) at t = {t!r}")
             v, div = vdiv(y[:nd].reshape(n, d), t)
+            v, div = real_values(v, "velocity"), real_values(div, "divergence")
             if onp.shape(v) != (n, d) or onp.shape(div) != (n,):
                 raise ValueError(f"velocity/divergence_fn: expected shapes {(n, d)} and {(n,)}, "
                                  f"got {onp.shape(v)} and {onp.shape(div)}")

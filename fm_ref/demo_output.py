@@ -45,30 +45,12 @@ def check_outputs(out, names):
 
 
 def write_atomic(path, data):
-    """Write the bytes ``data`` to ``path`` atomically: a temporary file in the same
-    directory, flushed and synced, then renamed over ``path`` (an existing file keeps its
-    permission bits); the temporary file never outlives a failure or an interrupt.
+    """Write the bytes ``data`` to ``path`` atomically (``fm_ref._io.atomic_write_bytes``:
+    a temporary file in the same folder, synced, then renamed over ``path``; an existing
+    file keeps its permission bits; an error or an interrupt leaves the old file).
 
     Returns True when an existing file was replaced.
     """
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        replaced = os.path.exists(path)
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if replaced else 0o666 & ~_umask())  # mkstemp made it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return replaced
+    from ._io import atomic_write_bytes
 
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return atomic_write_bytes(path, data)

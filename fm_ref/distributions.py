@@ -11,7 +11,7 @@ import numpy as onp
 from autograd.scipy.special import logsumexp
 from autograd.tracer import getval
 
-from ._validate import as_float_array, as_generator, as_points, as_positive_int
+from ._validate import as_float_array, as_generator, as_points, as_positive_int, finite_result
 from .toy import TOY_DATASETS, make_toy
 
 __all__ = ["StandardNormal", "GaussianMixture", "Empirical", "make_toy", "TOY_DATASETS"]
@@ -75,6 +75,13 @@ def _check_covs(covs, k, d):
     return full, lam, U
 
 
+def _frozen(a):
+    """A read-only float64 copy of ``a``."""
+    a = onp.array(a, dtype=onp.float64)
+    a.setflags(write=False)
+    return a
+
+
 def _check_weights(weights, k):
     if weights is None:
         return onp.full(k, 1.0 / k)
@@ -108,11 +115,13 @@ class GaussianMixture:
     def __init__(self, means, covs, weights=None):
         means = as_points(means, "means")
         self.k, self.dim = means.shape
-        self.means = means
-        self.covs, self.eigvals, self.eigvecs = _check_covs(covs, self.k, self.dim)
-        self.weights = _check_weights(weights, self.k)
+        # Read-only copies: a later change to the caller's arrays cannot reach the mixture
+        # (sample and log_prob would disagree), and the attributes cannot be changed in place.
+        self.means = _frozen(means)
+        self.covs, self.eigvals, self.eigvecs = map(_frozen, _check_covs(covs, self.k, self.dim))
+        self.weights = _frozen(_check_weights(weights, self.k))
         with onp.errstate(divide="ignore"):
-            self.log_weights = onp.log(self.weights)
+            self.log_weights = _frozen(onp.log(self.weights))
 
     def component_terms(self, x, alpha, sigma):
         """Per-component terms of  Σ_k w_k N(x; α μ_k, α² Σ_k + σ² I).
@@ -177,14 +186,19 @@ class GaussianMixture:
         return self.weights @ self.means
 
     def covariance(self):
-        """Cov[x] = Σ_k w_k (Σ_k + μ_k μ_kᵀ) − E[x]E[x]ᵀ, shape (d, d)."""
-        m = self.mean()
-        second = onp.einsum("k,kde->de", self.weights, self.covs + self.means[:, :, None] * self.means[:, None, :])
-        return second - onp.outer(m, m)
+        """Cov[x] = Σ_k w_k (Σ_k + μ_k μ_kᵀ) − E[x]E[x]ᵀ = Σ_k w_k (Σ_k + (μ_k − E[x])(μ_k − E[x])ᵀ),
+        shape (d, d), computed by the second form (no cancellation); one beyond float64
+        raises naming ``means``."""
+        def cov():  # Σ_k w_k (Σ_k + (μ_k − m)(μ_k − m)ᵀ): no cancellation, no overflow of μμᵀ
+            dev = self.means - self.mean()
+            return onp.einsum("k,kde->de", self.weights, self.covs + dev[:, :, None] * dev[:, None, :])
+
+        return finite_result("means", "the covariance", cov)
 
     def second_moment(self):
         """E‖x‖² = Σ_k w_k (‖μ_k‖² + tr Σ_k), a float."""
-        return float(self.weights @ (onp.sum(self.means**2, axis=1) + onp.trace(self.covs, axis1=1, axis2=2)))
+        return float(finite_result("means", "the second moment E‖x‖²", lambda: self.weights @ (
+            onp.sum(self.means**2, axis=1) + onp.trace(self.covs, axis1=1, axis2=2))))
 
 
 class Empirical(GaussianMixture):
@@ -220,7 +234,7 @@ class StandardNormal(GaussianMixture):
     def log_prob(self, x):
         """log N(x; 0, I) = −½‖x‖² − (d/2) log 2π, shape (n,)."""
         x = as_points(x, "x", dim=self.dim)
-        return -0.5 * np.sum(x**2, axis=1) - 0.5 * self.dim * LOG_2PI
+        return finite_result("x", "the log-density", lambda: -0.5 * np.sum(x**2, axis=1) - 0.5 * self.dim * LOG_2PI)
 
     def sample(self, n, rng):
         n = as_positive_int(n, "n")

@@ -22,8 +22,9 @@ import warnings
 import autograd.numpy as np
 import numpy as onp
 from autograd import make_vjp
+from autograd.tracer import getval
 
-from ._validate import as_float_array, as_generator, as_points, as_positive_int, as_time
+from ._validate import as_float_array, as_generator, as_points, as_positive_int, as_time, finite_result
 
 __all__ = [
     "jacobian",
@@ -52,7 +53,7 @@ def _check_field(f, x, t):
     return x, t
 
 
-def _vjp_and_value(f, x, t):
+def _vjp_and_value(f, x, t, name="f"):
     # A field that does not depend on x (a constant, a pure function of t) is legitimate:
     # its VJPs are zero, which autograd returns, with a warning that would repeat at every
     # ODE evaluation; it is not passed on.
@@ -60,7 +61,13 @@ def _vjp_and_value(f, x, t):
         warnings.filterwarnings("ignore", message="Output seems independent of input", category=UserWarning)
         vjp, value = make_vjp(lambda z: f(z, t))(x)
     if onp.shape(value) != onp.shape(x):
-        raise ValueError(f"f: expected f(x, t) of shape {onp.shape(x)} (the shape of x), got {onp.shape(value)}")
+        raise ValueError(f"{name}: expected {name}(x, t) of shape {onp.shape(x)} (the shape of x), "
+                         f"got {onp.shape(value)}")
+    raw = onp.asarray(getval(value))
+    if raw.dtype.kind not in "fiu":  # a complex field's VJPs would silently keep the real part
+        raise TypeError(f"{name}: expected real floating-point values, got dtype {raw.dtype}")
+    if not onp.all(onp.isfinite(raw)):
+        raise FloatingPointError(f"{name}: non-finite value at t = {t!r}")
     return vjp, value
 
 
@@ -92,7 +99,7 @@ def jacobian(f, x, t):
     x, t = _check_field(f, x, t)
     n, d = x.shape
     vjp, _ = _vjp_and_value(f, x, t)
-    return onp.stack([onp.asarray(r) for r in _rows(vjp, n, d)], axis=1)
+    return finite_result("f", "the Jacobian", lambda: onp.stack([onp.asarray(r) for r in _rows(vjp, n, d)], axis=1))
 
 
 def value_and_divergence(f, x, t):
@@ -103,13 +110,14 @@ def value_and_divergence(f, x, t):
     Derivation: derivations/06-cnf.md (CNF.7)
     """
     x, t = _check_field(f, x, t)
-    return _value_and_divergence(f, x, t)
+    return finite_result("f", "the divergence", _value_and_divergence, f, x, t)
 
 
-def _value_and_divergence(f, x, t):
-    """``value_and_divergence`` without validation (ODE inner loops); t a float."""
+def _value_and_divergence(f, x, t, name="f"):
+    """``value_and_divergence`` without validation (ODE inner loops); t a float; ``name``
+    is the field's name in error messages."""
     n, d = x.shape
-    vjp, value = _vjp_and_value(f, x, t)
+    vjp, value = _vjp_and_value(f, x, t, name)
     div = 0.0
     for i, row in enumerate(_rows(vjp, n, d)):
         div = div + row[:, i]
@@ -173,7 +181,7 @@ def divergence_hutchinson(f, x, t, rng=None, n_probes=None, probe="rademacher", 
     """
     x, t = _check_field(f, x, t)
     eps = _probes(x, rng, n_probes, probe, eps)
-    return _divergence_hutchinson(f, x, t, eps)[1]
+    return finite_result("f", "the divergence estimate", _divergence_hutchinson, f, x, t, eps)[1]
 
 
 def _probes(x, rng, n_probes, probe, eps):
@@ -195,9 +203,9 @@ def _probes(x, rng, n_probes, probe, eps):
     return eps
 
 
-def _divergence_hutchinson(f, x, t, eps):
+def _divergence_hutchinson(f, x, t, eps, name="f"):
     """(f(x, t), mean_k ε_kᵀ J ε_k) without validation; eps of shape (K, n, d)."""
-    vjp, value = _vjp_and_value(f, x, t)
+    vjp, value = _vjp_and_value(f, x, t, name)
     est = 0.0
     for e in eps:
         est = est + np.sum(vjp(e) * e, axis=1)

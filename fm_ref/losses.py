@@ -14,14 +14,16 @@ for Gaussian components) and the exact sum over the target's components (FM.5, F
 
 For VP and LinearVP, σ'_t² ~ 1/(1 − t) near t = 1, so E‖u_t(x_t|x₁)‖² is not
 integrable on [0, 1]: L_CFM is infinite (L_FM too for a data set; it stays finite for
-non-singular Σ_k), while the gradients still agree at each t. The quadrature functions
+non-singular Σ_k) and has no gradient; what stays finite, and agrees between the two
+losses, is the expected per-sample gradient (it needs only |σ'_t| integrable). The quadrature functions
 therefore require ``t_max < 1`` with those paths, and so should Monte Carlo training
 (derivations/04-flow-matching.md (FM.7)).
 """
 import autograd.numpy as np
 import numpy as onp
+from autograd.tracer import getval
 
-from ._validate import as_finite_float, as_generator, as_points, as_positive_int, as_time
+from ._validate import as_finite_float, as_generator, as_points, as_positive_int, as_time, finite_result
 from .distributions import GaussianMixture
 from .marginal import marginal_velocity
 from .paths import AffinePath, _col
@@ -84,15 +86,25 @@ def _marginal_target(target, path, x, t, velocity):
     u = velocity(x, t)
     if onp.shape(u) != onp.shape(x):
         raise ValueError(f"velocity: expected velocity(x, t) of shape {onp.shape(x)}, got {onp.shape(u)}")
+    _check_real(u, "velocity")
     return u
+
+
+def _check_real(value, name):
+    """A model or velocity output must be real: a complex one would lose its imaginary
+    part (with only a warning) on the way to a float loss."""
+    kind = onp.asarray(getval(value)).dtype.kind
+    if kind not in "fiu":
+        raise TypeError(f"{name}: expected real floating-point output, got dtype {onp.asarray(getval(value)).dtype}")
 
 
 def _weighted_sq_error(model, params, x, t, target, weights):
     v = model(params, x, t)
     if onp.shape(v) != onp.shape(target):  # a broadcast (n, 1) or (n,) would give a wrong number
         raise ValueError(f"model: expected model(params, x, t) of shape {onp.shape(target)}, got {onp.shape(v)}")
-    diff = v - target
-    return np.sum(weights * np.sum(diff**2, axis=1))
+    _check_real(v, "model")
+    return finite_result("model", "the squared error between the model and its target",
+                         lambda: np.sum(weights * np.sum((v - target) ** 2, axis=1)))
 
 
 def cfm_loss(model, params, path, t, x_0, x_1):
@@ -152,22 +164,37 @@ def sample_training_batch(target, n, rng, t_min=0.0, t_max=1.0):
 # ----------------------------------------------------------------- quadrature
 
 
-#: Half-width of the trapezoid rule for N(0, 1): the mass beyond |z| = 8 is 1.2e-15.
+#: Half-width of the trapezoid rule for N(0, 1): beyond |z| = 8 lie 1.2e-15 of the mass,
+#: 8.2e-14 of E z² and 5.4e-12 of E z⁴ (derivations/04-flow-matching.md (FM.5)).
 _TRAPEZOID_HALF_WIDTH = 8.0
 
 
 #: Largest rule built (a few GB of autograd tape for a small MLP).
 _MAX_NODES = 4_000_000
+#: Most Gauss–Legendre nodes in t: exact for polynomials of degree 1999, far beyond any
+#: use; leggauss costs O(n_t³) (measured: 1000 nodes 3.7 s, 3000 nodes 90 s under load).
+_MAX_T_NODES = 1000
+
+
+def _as_n_t(n_t):
+    """A checked Gauss–Legendre node count in [1, _MAX_T_NODES]."""
+    n_t = as_positive_int(n_t, "n_t")
+    if n_t > _MAX_T_NODES:
+        raise ValueError(f"n_t: expected at most {_MAX_T_NODES} Gauss-Legendre nodes, got {n_t}")
+    return n_t
 
 
 def _gaussian_rule(n_x, dim):
     """Tensor trapezoid rule for E[f(z)], z ~ N(0, I_dim): nodes (n_x^dim, dim), weights.
 
     On [−8, 8] with step h = 16/(n_x − 1) and weights h φ(z_j). For integrands analytic
-    in a strip around the real axis (the MLP, the mixture's marginal velocity) the error
-    falls like exp(−c/h), exponentially in n_x; Gauss–Hermite nodes converge only like
-    exp(−c√n_x) for such functions (measured: 1e-9 needs ≈ 96 Hermite nodes in d = 1,
-    64 trapezoid nodes reach 2e-10).
+    in the strip |Im z| < τ (the MLP, the mixture's marginal velocity) the error falls
+    like exp(−2πτ/h), exponentially in n_x; Gauss–Hermite nodes converge only like
+    exp(−c√n_x) for such functions. Measured on FM.4's gradient gap (d = 1, numerics
+    note N1 of derivations/04-flow-matching.md (FM.5)): the trapezoid rule reaches
+    2.4e-11 (CondOT) and 1.0e-10 (VP) at 64 nodes, Gauss–Hermite 3.3e-8 and 4.6e-8 at 64
+    and 1.1e-9 and 6.4e-9 at 96. The truncation at |z| = 8 leaves ~1e-13 relative for a
+    quadratic integrand and ~2e-12 for a quartic one.
 
     Derivation: derivations/04-flow-matching.md (FM.5)
     """
@@ -206,7 +233,7 @@ def _validate_quadrature(path, target, n_t, n_x, t_min, t_max, rule):
     or 'fm' (x nodes per component) sets the node count held against _MAX_NODES."""
     _check_path(path)
     _check_target(target)
-    n_t = as_positive_int(n_t, "n_t")
+    n_t = _as_n_t(n_t)
     n_x = as_positive_int(n_x, "n_x", minimum=_MIN_NODES_PER_AXIS)
     t_min, t_max = _validate_time_range(path, t_min, t_max)
     if rule == "fm":
@@ -233,10 +260,13 @@ def cfm_quadrature_nodes(path, target, n_t=16, n_x=12, t_min=0.0, t_max=1.0):
     up to the trapezoid rule's error (2e-4 relative at n_x = 12, 6e-8 at 16, < 1e-15 from 24)
 
     Accuracy: the defaults (n_t = 16, n_x = 12) are for a quick look, about 1e-3 relative
-    for a 2-D target; the x-rule's error falls like exp(−2π²(n_x − 1)²/256) and the t-rule's
-    like Gauss–Legendre's, so raise both until the result stops moving (the convergence
-    table of derivations/04-flow-matching.md (FM.5): 1e-8 and better from n_x ≈ 32). n_x is
-    at least 12; the node count is capped at 4·10⁶.
+    for a 2-D target; for an integrand analytic in the strip |Im z| < τ the x-rule's error
+    falls like exp(−2πτ(n_x − 1)/16) (only the weights' sum, an entire integrand, falls like
+    exp(−2π²(n_x − 1)²/256)), and the t-rule's like Gauss–Legendre's, so raise both until the
+    result stops moving. The convergence table (numerics note N1 of
+    derivations/04-flow-matching.md (FM.5), a 1-D gradient gap): ~3e-6 at n_x = 32, ~1e-8 at
+    48, 2e-11 to 1e-10 at 64, ~1e-14 at 96. n_x is at least 12; the node count is capped at
+    4·10⁶.
 
     Derivation: derivations/04-flow-matching.md (FM.5)
     """
@@ -328,8 +358,9 @@ def conditional_energy(path, target, n_t=16, t_min=0.0, t_max=1.0):
     """
     _check_path(path)
     _check_target(target)
-    n_t = as_positive_int(n_t, "n_t")
+    n_t = _as_n_t(n_t)
     t_min, t_max = _validate_time_range(path, t_min, t_max)
     t, w = _gauss_legendre(n_t, t_min, t_max)
-    integrand = path._d_alpha(t) ** 2 * target.second_moment() + path._d_sigma(t) ** 2 * target.dim
-    return float(onp.sum(w * integrand) / (t_max - t_min))
+    second = target.second_moment()  # raises naming 'means' beyond float64
+    return float(finite_result("target", "the conditional energy", lambda: onp.sum(
+        w * (path._d_alpha(t) ** 2 * second + path._d_sigma(t) ** 2 * target.dim)) / (t_max - t_min)))

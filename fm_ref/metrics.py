@@ -13,7 +13,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from ._validate import as_float_array, as_points, check_same_shape
+from ._stats import mean_std
+from ._validate import as_float_array, as_points, check_same_shape, finite_result
 
 __all__ = ["optimal_assignment", "wasserstein2", "mean_and_stderr"]
 
@@ -46,7 +47,7 @@ def optimal_assignment(x, y):
     Derivation: derivations/08-evaluation.md (EVAL.2)
     """
     x, y = _validate_pair(x, y)
-    cost = cdist(x, y, "sqeuclidean")
+    cost = finite_result("x", "a squared distance between x and y", cdist, x, y, "sqeuclidean")
     rows, cols = linear_sum_assignment(cost)
     perm = np.empty(x.shape[0], dtype=np.intp)
     perm[rows] = cols
@@ -91,4 +92,5 @@ def mean_and_stderr(values, name="values"):
     if values.ndim != 1 or values.shape[0] < 2:
         raise ValueError(f"{name}: expected a 1-D array of at least 2 values, got shape {values.shape}")
     n = values.shape[0]
-    return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(n))
+    mean, std = mean_std(values, axis=0, ddof=1)  # no overflow before the result's own
+    return finite_result(name, "the mean or its standard error", lambda: (float(mean), float(std / np.sqrt(n))))

@@ -17,7 +17,7 @@ import numpy as onp
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
-from ._validate import as_generator, as_points, as_positive_int, as_time
+from ._validate import as_generator, as_points, as_positive_int, as_time, finite_result
 
 __all__ = ["MLP", "ACTIVATIONS"]
 
@@ -117,13 +117,23 @@ class MLP:
         return params
 
     def check_params(self, params):
-        """Raise unless ``params`` is a list of (W, b) of this network's sizes."""
+        """Raise unless ``params`` is a list of (W, b) of this network's sizes, with real
+        floating-point, finite entries (a NaN weight would make every output NaN; a complex
+        one a complex output): ``ValueError``/``TypeError`` naming ``params`` and the layer."""
         params = getval(params)
         if not isinstance(params, (list, tuple)) or len(params) != len(self.sizes) - 1:
             raise TypeError(f"params: expected a list of {len(self.sizes) - 1} (W, b) tuples")
         for i, (layer, fan_in, fan_out) in enumerate(zip(params, self.sizes[:-1], self.sizes[1:])):
-            if len(layer) != 2 or onp.shape(layer[0]) != (fan_in, fan_out) or onp.shape(layer[1]) != (fan_out,):
+            layer = getval(layer)
+            if not isinstance(layer, (list, tuple)) or len(layer) != 2 \
+                    or onp.shape(getval(layer[0])) != (fan_in, fan_out) or onp.shape(getval(layer[1])) != (fan_out,):
                 raise ValueError(f"params: layer {i} expected W ({fan_in}, {fan_out}) and b ({fan_out},)")
+            for name, value in zip("Wb", layer):
+                raw = onp.asarray(getval(value))
+                if raw.dtype.kind != "f":
+                    raise TypeError(f"params: layer {i} {name} expected floating-point values, got dtype {raw.dtype}")
+                if not onp.all(onp.isfinite(raw)):
+                    raise ValueError(f"params: layer {i} {name} expected finite values, got NaN or inf")
 
     def features(self, x, t):
         """The network input [x, t, sin 2πkt, cos 2πkt], shape (n, d + 1 + 2K)."""
@@ -151,7 +161,7 @@ class MLP:
     def __call__(self, params, x, t):
         """v_θ(x, t), shape (n, out_dim), for x of shape (n, d) and t a float or (n,)."""
         x, t = self._validate(params, x, t)
-        return self.apply(params, x, t)
+        return finite_result("params", "the network's output", self.apply, params, x, t)
 
     def value_and_jacobian(self, params, x, t):
         """(v_θ(x, t), ∂v/∂x) of shapes (n, out) and (n, out, d), in closed form.
@@ -161,7 +171,7 @@ class MLP:
         (T_{L−1} W_L)ᵀ. Derivation: derivations/06-cnf.md (CNF.8)
         """
         x, t = self._validate(params, x, t)
-        return self._value_and_jacobian(params, x, t)
+        return finite_result("params", "the network's output or Jacobian", self._value_and_jacobian, params, x, t)
 
     def _value_and_tangent(self, params, x, t):
         """(h_{L−1}, T_{L−1}): the last hidden layer, shape (n, h), and its tangent ∂h/∂x, (n, d, h)."""
@@ -189,7 +199,7 @@ class MLP:
         Derivation: derivations/06-cnf.md (CNF.8)
         """
         x, t = self._validate(params, x, t)
-        return self._value_and_divergence(params, x, t)[1]
+        return finite_result("params", "the network's divergence", self._value_and_divergence, params, x, t)[1]
 
     def _value_and_divergence(self, params, x, t):
         if self.out_dim != self.in_dim:
@@ -212,7 +222,8 @@ class MLP:
         Derivation: derivations/06-cnf.md (CNF.8)
         """
         x, t = self._validate(params, x, t)
-        return self._value_and_divergence(params, x, t)
+        return finite_result("params", "the network's output or divergence", self._value_and_divergence,
+                             params, x, t)
 
     def sq_error_and_grad(self, params, x, t, target):
         """Mean squared error and its gradient in θ, by a hand-written backward pass.
@@ -239,7 +250,8 @@ class MLP:
         """
         x, t = self._validate(params, x, t)
         target = as_points(target, "target", dim=self.out_dim, n=x.shape[0])
-        return self._sq_error_and_grad(params, x, t, target)
+        return finite_result("params", "the squared error or its gradient", self._sq_error_and_grad,
+                             params, x, t, target)
 
     def _d_act_given(self, a, h):
         """φ'(a), reusing h = φ(a) where that is exact and cheaper (tanh' = 1 − tanh²)."""

@@ -6,11 +6,14 @@ p_t(x | x₁) = N(x; α_t x₁, σ_t² I) and its conditional velocity is
 
     u_t(x | x₁) = (σ'_t / σ_t)(x − α_t x₁) + α'_t x₁ ,
 
-which on the path equals α'_t x₁ + σ'_t x₀ (derivations/01-gaussian-paths.md (PATH.3)).
+(derivations/01-gaussian-paths.md (PATH.3)), which on the path equals α'_t x₁ + σ'_t x₀
+(derivations/01-gaussian-paths.md (PATH.4)).
 σ_t + α_t = 1 holds for CondOT with σ_min = 0 and for Polynomial, not in general.
 
 Every method takes ``t`` as a float or an array of shape (n,), one time per point, and
-is written in ``autograd.numpy`` so that tests can differentiate it in t and x.
+is written in ``autograd.numpy`` so that tests can differentiate it in t and x. The
+schedules α_t, σ_t, α'_t, σ'_t at a float t are bit-identical to the same t inside an
+array (a float is evaluated as a one-element array: ``_array_route``).
 
 Endpoints. α_t, σ_t are defined on [0, 1]. Where a quantity is undefined, it raises:
 σ'_t = −∞ at t = 1 for VP and LinearVP; everything that divides by σ_t raises where
@@ -20,9 +23,9 @@ default β's: VP never reaches pure noise).
 """
 import autograd.numpy as np
 import numpy as onp
-from autograd.tracer import getval
+from autograd.tracer import getval, isbox
 
-from ._validate import as_finite_float, as_points, as_time, check_same_shape
+from ._validate import as_finite_float, as_points, as_time, check_same_shape, finite_result
 
 __all__ = ["AffinePath", "CondOT", "VP", "LinearVP", "Cosine", "Polynomial", "PATHS", "KINDS"]
 
@@ -34,6 +37,30 @@ KINDS = ("velocity", "x1", "eps", "score")
 def _col(t):
     """A time as a column that multiplies an (n, d) array: scalar stays, (n,) -> (n, 1)."""
     return np.reshape(t, (-1, 1)) if np.ndim(t) else t
+
+
+#: The schedule methods every path defines; ``AffinePath.__init_subclass__`` routes them.
+_SCHEDULES = ("_alpha", "_sigma", "_d_alpha", "_d_sigma")
+
+
+def _array_route(fn):
+    """``fn(self, t)`` evaluated for a scalar t as a one-element array, then unpacked.
+
+    NumPy's vectorised loops (SIMD ``power``, ``exp``, ``sin``) may round differently from
+    the scalar C library by an ulp, and a 0-d array or a Python float takes the scalar
+    route; so a time alone and the same time inside an array could differ in the last
+    bit. Through this wrapper both go through the same contiguous-array loop: the
+    schedules at a float are bit-identical to the same time in an array (the contract
+    tested in tests/test_paths.py).
+    """
+    def wrapped(self, t):
+        if np.ndim(t):
+            return fn(self, t if isbox(t) else onp.ascontiguousarray(t))  # a strided view: same loop
+        out = fn(self, np.reshape(t, (1,)))[0]
+        return out if isbox(out) else float(out)
+
+    wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = fn.__name__, fn.__doc__, fn
+    return wrapped
 
 
 def _require_nonzero(value, what, t):
@@ -53,6 +80,15 @@ class AffinePath:
     """
 
     name = "affine"
+
+    def __init_subclass__(cls, **kwargs):
+        """Route the schedules of every subclass so that a float time and the same time in
+        an array give bit-identical values (``_array_route``)."""
+        super().__init_subclass__(**kwargs)
+        for name in _SCHEDULES:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not hasattr(fn, "__wrapped__"):
+                setattr(cls, name, _array_route(fn))
 
     # --- schedules -----------------------------------------------------------------
     def alpha_t(self, t):
@@ -120,8 +156,12 @@ class AffinePath:
         sigma = self._sigma(t)
         _require_nonzero(sigma, "σ_t", t)
         d = x.shape[1]
-        r2 = np.sum((x - _col(self._alpha(t)) * x_1) ** 2, axis=1)
-        return -0.5 * r2 / sigma**2 - d * np.log(sigma) - 0.5 * d * LOG_2PI
+
+        def log_density():
+            r2 = np.sum((x - _col(self._alpha(t)) * x_1) ** 2, axis=1)
+            return -0.5 * r2 / sigma**2 - d * np.log(sigma) - 0.5 * d * LOG_2PI
+
+        return finite_result("x", "the conditional log-density", log_density)
 
     # --- conversions between parameterisations ---------------------------------
     def convert(self, value, x, t, frm, to):

@@ -50,6 +50,40 @@ def _rebuild(tree, leaves):
     return next(leaves)
 
 
+def _checked_loss(loss, i):
+    """The loss as a float; a complex or non-numeric loss raises ``TypeError``, a
+    non-finite one ``FloatingPointError`` saying where the cause may lie."""
+    raw = onp.asarray(loss)
+    if raw.shape != () or raw.dtype.kind not in "fiu":
+        raise TypeError(f"loss_and_grad: expected a real scalar loss, got {raw.dtype} of shape {raw.shape}")
+    loss = float(raw)
+    if not onp.isfinite(loss):
+        cause = ("at the starting parameters: the data, the parameters or the model give a non-finite loss"
+                 if i == 0 else "after finite updates: the data or the model give a non-finite loss here, or "
+                 "the steps diverged (lower lr)")
+        raise FloatingPointError(f"adam: the loss became {loss} at step {i}, {cause}")
+    return loss
+
+
+def _checked_grads(g, theta, i):
+    """The gradient's leaves, shaped like θ, real and finite; otherwise an error naming
+    ``loss_and_grad`` (a NaN gradient on the last step would return NaN parameters)."""
+    grads = list(_leaves(g))
+    if len(grads) != len(theta) or any(onp.shape(g_j) != t_j.shape for g_j, t_j in zip(grads, theta)):
+        raise ValueError(f"loss_and_grad: expected a gradient shaped like params ({len(theta)} leaves of shapes "
+                         f"{[t_j.shape for t_j in theta]}), got {[onp.shape(g_j) for g_j in grads]}")
+    out = []
+    for j, g_j in enumerate(grads):
+        raw = onp.asarray(g_j)
+        if raw.dtype.kind not in "fiu":
+            raise TypeError(f"loss_and_grad: gradient leaf {j} expected real values, got dtype {raw.dtype}")
+        if not onp.all(onp.isfinite(raw)):
+            raise FloatingPointError(f"loss_and_grad: the gradient (leaf {j}) is non-finite at step {i} although "
+                                     f"the loss is finite: check the data, the parameters and the model")
+        out.append(raw.astype(onp.float64, copy=False))
+    return out
+
+
 def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, callback=None):
     """Minimise with Adam (Kingma & Ba 2015).
 
@@ -76,26 +110,41 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
     b1 = as_finite_float(b1, "b1", lo=0.0, hi=1.0, hi_open=True)  # b1 = 1 divides by 1 − b1ᵏ = 0
     b2 = as_finite_float(b2, "b2", lo=0.0, hi=1.0, hi_open=True)
     eps = as_finite_float(eps, "eps", lo=0.0)
-    theta = [onp.array(leaf, dtype=onp.float64) for leaf in _leaves(params)]
+    theta = []
+    for j, leaf in enumerate(_leaves(params)):
+        raw = onp.asarray(leaf)
+        if raw.dtype.kind not in "fiu":
+            raise TypeError(f"params: leaf {j} expected real floating-point values, got dtype {raw.dtype}")
+        if not onp.all(onp.isfinite(raw)):
+            raise ValueError(f"params: leaf {j} expected finite values, got NaN or inf")
+        theta.append(onp.array(raw, dtype=onp.float64))
     m = [onp.zeros_like(leaf) for leaf in theta]
     v = [onp.zeros_like(leaf) for leaf in theta]
     losses = onp.empty(steps)
     for i in range(steps):
         loss, g = loss_and_grad(_rebuild(params, iter(theta)), i)
-        if not onp.isfinite(loss):
-            raise FloatingPointError(f"adam: the loss became {loss} at step {i}; lower lr")
+        loss = _checked_loss(loss, i)
         losses[i] = loss
         c1, c2 = 1.0 - b1 ** (i + 1), 1.0 - b2 ** (i + 1)
-        grads = list(_leaves(g))
-        if len(grads) != len(theta) or any(onp.shape(g_j) != t_j.shape for g_j, t_j in zip(grads, theta)):
-            raise ValueError(f"loss_and_grad: expected a gradient shaped like params ({len(theta)} leaves of shapes "
-                             f"{[t_j.shape for t_j in theta]}), got {[onp.shape(g_j) for g_j in grads]}")
+        grads = _checked_grads(g, theta, i)
         for j, g_j in enumerate(grads):
-            m[j] *= b1
-            m[j] += (1.0 - b1) * g_j
-            v[j] *= b2
-            v[j] += (1.0 - b2) * (g_j * g_j)
-            theta[j] = theta[j] - (lr / c1) * m[j] / (onp.sqrt(v[j] / c2) + eps)
+            with onp.errstate(over="ignore", under="ignore"):
+                m[j] *= b1
+                m[j] += (1.0 - b1) * g_j
+                v[j] *= b2
+                v[j] += (1.0 - b2) * (g_j * g_j)
+            if not onp.all(onp.isfinite(v[j])):
+                raise FloatingPointError(f"loss_and_grad: the gradient (leaf {j}) at step {i} is too large for "
+                                         f"Adam: its square overflows float64 (|g| > 1e154); rescale the loss")
+            with onp.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                denom = onp.sqrt(v[j] / c2) + eps
+                # A coordinate whose gradient has been exactly 0 so far (m = v = 0) stays put,
+                # also with eps = 0 (where m/denom would be 0/0).
+                step = onp.where(denom > 0.0, m[j] / onp.where(denom > 0.0, denom, 1.0), 0.0)
+                theta[j] = theta[j] - (lr / c1) * step
+            if not onp.all(onp.isfinite(theta[j])):
+                raise FloatingPointError(f"adam: the parameters (leaf {j}) became non-finite at step {i}: "
+                                         f"the update overflowed; lower lr (now {lr!r})")
         if callback is not None:
             callback(i, float(loss), _rebuild(params, iter(theta)))
     return _rebuild(params, iter(theta)), losses

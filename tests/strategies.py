@@ -210,3 +210,90 @@ def fewer(fraction):
     from hypothesis import settings
 
     return settings(max_examples=max(3, int(settings.default.max_examples * fraction)))
+
+
+# ---- hostile inputs (tests/test_fuzz.py)
+
+#: Values a careless or hostile caller passes: non-finite, extreme, subnormal, signed zero.
+HOSTILE_FLOATS = [float("nan"), float("inf"), -float("inf"), 1.7976931348623157e308, -1e308, 1e200, 1e154,
+                  -1e154, 5e-324, 1e-300, 0.0, -0.0, 1.0, -1.0, 0.5]
+hostile_floats = st.one_of(st.sampled_from(HOSTILE_FLOATS), st.floats(allow_nan=True, allow_infinity=True),
+                           st.floats(-3.0, 3.0))
+HOSTILE_DTYPES = ["float64", "float32", "float16", "int64", "bool", "complex128", "object"]
+
+
+@st.composite
+def hostile_arrays(draw, shape=None):
+    """An array of a drawn shape (rank 0 to 3, sizes 0 to 3, unless ``shape`` is given) and
+    dtype, holding hostile values; or, now and then, not an array at all."""
+    if shape is None:
+        if draw(st.integers(0, 9)) == 0:
+            return draw(st.sampled_from([None, "x", [[1.0], [1.0, 2.0]], {"a": 1}, 3, True, 1j]))
+        shape = tuple(draw(st.lists(st.integers(0, 3), min_size=0, max_size=3)))
+    values = draw(st.lists(hostile_floats, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    arr = np.array(values, dtype=np.float64).reshape(shape)
+    dtype = draw(st.sampled_from(HOSTILE_DTYPES))
+    with np.errstate(all="ignore"):
+        if dtype in ("int64", "bool"):
+            return np.nan_to_num(arr).clip(-1e9, 1e9).astype(dtype)
+        if dtype == "complex128":
+            return arr + 1j * draw(hostile_floats)
+        return arr.astype(dtype)
+
+
+@st.composite
+def nearly_good_points(draw, n=3, d=2):
+    """Points of shape (n, d), float64, with a few entries replaced by hostile values."""
+    arr = np.asarray(draw(st.lists(st.floats(-3.0, 3.0), min_size=n * d, max_size=n * d))).reshape(n, d)
+    for _ in range(draw(st.integers(0, 2))):
+        arr[draw(st.integers(0, n - 1)), draw(st.integers(0, d - 1))] = draw(st.sampled_from(HOSTILE_FLOATS))
+    return arr
+
+
+#: JSON fragments that may replace any node of a vectors or results file (text, not objects:
+#: NaN tokens, numbers beyond float64, deep nesting are only writable as text).
+HOSTILE_JSON = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" + "0" * 400, "true", "false", "null",
+                '"1.0"', '""', "[]", "{}", "[[1.0], [1.0, 2.0]]", "[" * 50 + "]" * 50, "-1.0", "0", "1e-320",
+                "1e300", '{"abs": 1e-12}', "[1.0, NaN]", "1.5", "2"]
+
+
+@st.composite
+def json_mutations(draw, payload):
+    """The text of ``payload`` with one to three of its nodes replaced by hostile fragments
+    (or a key deleted, or a key duplicated), as a careless or hostile edit would."""
+    import json
+
+    def nodes(obj, path=()):
+        yield path
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from nodes(v, path + (k,))
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj[:4]):
+                yield from nodes(v, path + (i,))
+
+    marker_payload = json.loads(json.dumps(payload))
+    all_paths = [p for p in nodes(marker_payload) if p]
+    replaced = {}
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(all_paths))
+        parent = marker_payload
+        for key in path[:-1]:
+            if not isinstance(parent, (dict, list)) or (isinstance(parent, list) and key >= len(parent)) \
+                    or (isinstance(parent, dict) and key not in parent):
+                break
+            parent = parent[key]
+        else:
+            if isinstance(parent, dict) and path[-1] in parent and draw(st.integers(0, 5)) == 0:
+                del parent[path[-1]]
+                continue
+            if (isinstance(parent, dict) and path[-1] in parent) or (isinstance(parent, list) and path[-1] < len(parent)):
+                token = f"@@{len(replaced)}@@"
+                replaced[token] = draw(st.sampled_from(HOSTILE_JSON))
+                parent[path[-1]] = token
+    text = json.dumps(marker_payload)
+    for token, fragment in replaced.items():
+        text = text.replace(json.dumps(token), fragment)
+    if draw(st.integers(0, 9)) == 0:
+        text = text.replace('"schema_version": 1', '"schema_version": 1, "schema_version": 1', 1)
+    return text

@@ -154,3 +154,39 @@ def test_bad_input_raises_naming_the_argument():
         train_cnf_mle("mlp", np.random.default_rng(0), x, 1, np.random.default_rng(0), batch=4)
     with pytest.raises(TypeError, match="callback"):
         train_cnf_mle(mlp, params, x, 1, np.random.default_rng(0), batch=4, callback=3)
+
+
+# ------------------------------------------------------------ what training draws and passes
+
+def test_train_cnf_mle_batches_cover_the_data_without_replacement(monkeypatch):
+    """Each step's batch is `batch` distinct rows (drawn without replacement, as documented)
+    from the same Generator calls ``rng.choice(N, batch, replace=False)`` makes; over the
+    steps every row is drawn, each about steps·batch/N times (z ≤ 5). The solver settings,
+    base and lr reach the gradient call and Adam; the recorded losses are the returned ones."""
+    from fm_ref.distributions import StandardNormal
+
+    mlp = MLP(2, (3,))
+    data = np.arange(20.0).reshape(10, 2)
+    base = StandardNormal(2)
+    seen = []
+
+    def fake_grad(mlp_, p, x, rtol, atol, method, base, max_nfe=None):
+        seen.append((x.copy(), rtol, atol, method, base))
+        return float(len(seen)), [(np.ones_like(W), np.ones_like(b)) for W, b in p]
+
+    monkeypatch.setattr(adjoint_module, "adjoint_nll_grad", fake_grad)
+    params = mlp.init(np.random.default_rng(0))
+    steps, batch = 400, 4
+    out, losses = train_cnf_mle(mlp, params, data, steps, np.random.default_rng(5), lr=0.02, batch=batch,
+                                rtol=1e-6, atol=1e-7, method="RK45", base=base)
+    np.testing.assert_array_equal(losses, np.arange(1.0, steps + 1))
+    assert all((r, a, m, b) == (1e-6, 1e-7, "RK45", base) for _, r, a, m, b in seen)
+    rows = [x[:, 0] / 2 for x, *_ in seen]  # row i is (2i, 2i + 1)
+    assert all(len(set(r.tolist())) == batch for r in rows)
+    first = data[np.random.default_rng(5).choice(10, size=batch, replace=False)]
+    np.testing.assert_array_equal(seen[0][0], first)
+    counts = np.bincount(np.concatenate(rows).astype(int), minlength=10)
+    p = batch / 10
+    assert np.all(np.abs(counts - steps * p) <= 5 * np.sqrt(steps * p * (1 - p)))
+    # a constant gradient of ones: every Adam step is −lr/(1 + 1e-8) per coordinate
+    np.testing.assert_allclose(tree_flatten(out), tree_flatten(params) - steps * 0.02 / (1 + 1e-8), rtol=1e-12)

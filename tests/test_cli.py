@@ -194,9 +194,9 @@ def test_demo_bad_arguments(capsys, tmp_path):
     assert_usage_error(capsys, "demo", "--data", "nope", match="invalid choice")
     assert_usage_error(capsys, "demo", "--steps", "0", match="positive integer")
     assert_usage_error(capsys, "demo", "--steps", "many", match="positive integer")
-    assert_usage_error(capsys, "demo", "--seed", "x", match="invalid int")
-    assert_usage_error(capsys, "demo", "--n-eval", "1", "--out", str(tmp_path), match="n_eval")
-    assert_usage_error(capsys, "demo", "--n-eval", "20001", "--out", str(tmp_path), match="n_eval")
+    assert_usage_error(capsys, "demo", "--seed", "x", match="argument --seed")
+    assert_usage_error(capsys, "demo", "--n-eval", "1", "--out", str(tmp_path), match="argument --n-eval")
+    assert_usage_error(capsys, "demo", "--n-eval", "20001", "--out", str(tmp_path), match="argument --n-eval")
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert_usage_error(capsys, "demo", "--out", str(blocker / "sub"), match="--out")

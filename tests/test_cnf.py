@@ -673,3 +673,42 @@ def test_mlp_trace_value_is_the_forward_pass_and_allocates_no_trace_arrays(hidde
     trace(x, 0.1)
     # tanh within 2 ulp(1) per unit, summed over ≤ 8 units of O(1) output weights: ~1e-14
     assert np.max(np.abs(first - ref)) <= 1e-13 and np.array_equal(trace.value(x, 0.6), first)
+
+
+# ----------------------------------------------------------------- shortcuts' bookkeeping
+
+def test_empty_interval_returns_the_input_with_zero_nfev_and_its_times():
+    """t0 = t1 (here 0.4, off the defaults): no solve, so nfev = 0 and the velocity is never
+    called; x comes back as a copy (changing it leaves the input alone), the log-density is
+    the base's at those points, and the result records the times asked for."""
+    calls = []
+    base = GaussianMixture(np.array([[1.0, -1.0]]), np.array([[[2.0, 0.3], [0.3, 0.5]]]))
+
+    def velocity(x, t):
+        calls.append(t)
+        return -x
+
+    flow = CNF(velocity, 2, base=base)
+    x = np.array([[0.3, -0.2], [1.5, 2.0]])
+    for res in (flow.push_forward(x, t0=0.4, t1=0.4), flow.log_prob(x, t0=0.4, t1=0.4)):
+        assert res.nfev == 0 and (res.t0, res.t1) == (0.4, 0.4)
+        np.testing.assert_array_equal(res.x, x)
+        assert res.x is not x and not np.shares_memory(res.x, x)
+    assert flow.push_forward(x, t0=0.4, t1=0.4).log_prob is None
+    np.testing.assert_allclose(flow.log_prob(x, t0=0.4, t1=0.4).log_prob, base.log_prob(x), rtol=1e-14)
+    drawn = flow.sample_with_log_prob(3, np.random.default_rng(0), t0=0.4, t1=0.4)
+    assert drawn.nfev == 0 and (drawn.t0, drawn.t1) == (0.4, 0.4)
+    np.testing.assert_array_equal(drawn.x, base.sample(3, np.random.default_rng(0)))
+    np.testing.assert_allclose(drawn.log_prob, base.log_prob(drawn.x), rtol=1e-14)
+    assert calls == []
+
+
+def test_results_record_the_interval_and_a_positive_nfev():
+    """A solve on [0.25, 0.75] records t0 = 0.25, t1 = 0.75 and the solver's count; the
+    linear field v = −x gives x(t1) = e^{−(t1 − t0)} x(t0) (rtol 1e-8, atol 1e-8 default:
+    1e-6 is a generous multiple)."""
+    flow = CNF(lambda x, t: -x, 2)
+    x = np.array([[1.0, -2.0]])
+    res = flow.push_forward(x, t0=0.25, t1=0.75)
+    assert (res.t0, res.t1) == (0.25, 0.75) and res.nfev > 0
+    np.testing.assert_allclose(res.x, np.exp(-0.5) * x, rtol=1e-6)

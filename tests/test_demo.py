@@ -182,9 +182,18 @@ def test_quiet_run_says_what_it_replaced(small, capsys, tmp_path):
 
 
 def test_no_empty_folder_is_left_after_an_error_or_an_interrupt(small, capsys, tmp_path):
+    from fm_ref import demo_output
+
     target = tmp_path / "new" / "deeper"
     code, _, err = run_cli(capsys, "demo", "--n-eval", "1", "--out", str(target))
-    assert code == 2 and "n_eval" in err and not (tmp_path / "new").exists()
+    assert code == 2 and "n-eval" in err and not (tmp_path / "new").exists()
+
+    def refused(out, names):
+        raise ValueError("out: refused")  # an error of the library after the folder was made
+    small.setattr(demo_output, "check_outputs", refused)
+    code, _, err = run_cli(capsys, "demo", "--steps", "2", "--no-plot", "--jobs", "1", "--out", str(target))
+    assert code == 2 and "out: refused" in err and not (tmp_path / "new").exists()
+    small.undo()
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

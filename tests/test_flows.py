@@ -396,3 +396,213 @@ def test_planar_zero_w_and_overflow_raise():
         ElementwiseAffine(2).data_init(np.ones((5, 2)))
     with pytest.raises(ValueError, match=r"^x:"):
         ElementwiseAffine(2).data_init(np.ones((1, 2)))
+
+
+# ------------------------------------------------------- layers against hand-built references
+# Each layer's map built again here from its documented definition in plain NumPy (loops,
+# textbook formulas, the named activation written out), sharing no code with fm_ref.flows.
+# A layer that is invertible with the right log-det and unit mass but computes another map
+# (a permutation that became the identity, another smooth conditioner) fails these.
+
+#: Reference and layer evaluate the same expressions in other orders: a few ulps.
+REFERENCE_RTOL = 1e-12
+
+_HAND_ACTIVATIONS = {
+    "tanh": np.tanh,
+    "softplus": lambda a: np.log1p(np.exp(-np.abs(a))) + np.maximum(a, 0.0),
+    "swish": lambda a: a / (1.0 + np.exp(-a)),
+}
+
+
+def _hand_net(params, inputs, activation, masks=None):
+    """A dense network by hand: act(h W + b) on each hidden layer, affine output."""
+    h = inputs
+    for i, (W, b) in enumerate(params):
+        W = W if masks is None else W * masks[i]
+        h = h @ W + b
+        if i < len(params) - 1:
+            h = _HAND_ACTIVATIONS[activation](h)
+    return h
+
+
+def test_permutation_moves_coordinate_perm_i_to_position_i():
+    """x_i = z_{perm[i]} (documented), written as a loop; the inverse puts them back;
+    Reverse is perm[i] = d − 1 − i; log-det 0."""
+    perm = [2, 0, 3, 1]
+    z = np.random.default_rng(0).standard_normal((3, 4))
+    x, ld = Permutation(4, perm).forward_and_log_det((), z)
+    for i in range(4):
+        np.testing.assert_array_equal(x[:, i], z[:, perm[i]])
+    zi, ldi = Permutation(4, perm).inverse_and_log_det((), x)
+    np.testing.assert_array_equal(zi, z)
+    np.testing.assert_array_equal(ld, 0.0)
+    np.testing.assert_array_equal(ldi, 0.0)
+    xr, _ = Reverse(4).forward_and_log_det((), z)
+    np.testing.assert_array_equal(xr, z[:, [3, 2, 1, 0]])
+    layer = Permutation.random(5, np.random.default_rng(3))
+    assert sorted(layer.perm.tolist()) == list(range(5)) and layer.perm.tolist() != list(range(5))
+
+
+def test_elementwise_affine_is_z_exp_s_plus_b():
+    s, b = np.array([0.3, -1.2]), np.array([2.0, -0.5])
+    z = np.random.default_rng(1).standard_normal((4, 2))
+    x, ld = ElementwiseAffine(2).forward_and_log_det((s, b), z)
+    np.testing.assert_allclose(x, z * np.exp(s) + b, rtol=REFERENCE_RTOL)
+    np.testing.assert_allclose(ld, np.full(4, 0.3 - 1.2), rtol=REFERENCE_RTOL)
+    zi, ldi = ElementwiseAffine(2).inverse_and_log_det((s, b), x)
+    np.testing.assert_allclose(zi, z, rtol=REFERENCE_RTOL, atol=1e-15)
+    np.testing.assert_allclose(ldi, -ld, rtol=REFERENCE_RTOL)
+
+
+@pytest.mark.parametrize("mask, activation, bound", [("even", "tanh", 3.0), ("odd", "softplus", 0.7),
+                                                     ([0, 1, 1, 0, 1], "swish", 2.0)])
+def test_affine_coupling_matches_a_coupling_built_by_hand(mask, activation, bound):
+    """x_A = z_A, x_B = z_B exp(c tanh(s_raw/c)) + t with (s_raw, t) the named-activation
+    network of [z_A, 0] (the MLP's time input held at 0), s_raw the first |B| outputs."""
+    d = 5
+    layer = AffineCoupling(d, mask=mask, hidden=(6, 4), activation=activation, scale_bound=bound)
+    params = layer.net.init(np.random.default_rng(2), scale=2.0)  # a non-zero output layer
+    z = np.random.default_rng(3).standard_normal((7, d)) * 2
+    m = np.array({"even": [1, 0, 1, 0, 1], "odd": [0, 1, 0, 1, 0]}[mask] if isinstance(mask, str) else mask)
+    A, B = np.flatnonzero(m == 1), np.flatnonzero(m == 0)
+    out = _hand_net(params, np.column_stack([z[:, A], np.zeros(7)]), activation)
+    s = bound * np.tanh(out[:, :len(B)] / bound)
+    want = z.copy()
+    want[:, B] = z[:, B] * np.exp(s) + out[:, len(B):]
+    x, ld = layer.forward_and_log_det(params, z)
+    np.testing.assert_allclose(x, want, rtol=REFERENCE_RTOL, atol=1e-14)
+    np.testing.assert_allclose(ld, s.sum(axis=1), rtol=REFERENCE_RTOL, atol=1e-14)
+    zi, ldi = layer.inverse_and_log_det(params, x)
+    np.testing.assert_allclose(zi, z, rtol=1e-10, atol=1e-12)  # a round trip through exp(±s)
+    np.testing.assert_allclose(ldi, -ld, rtol=REFERENCE_RTOL, atol=1e-14)
+
+
+def _hand_made_masks(degrees, hidden):
+    """MADE masks from the definition, one connection at a time: hidden unit k has degree
+    (k mod max(d − 1, 1)) + 1; into a hidden unit when deg_src ≤ its degree, into output
+    i (s_i and t_i) when deg_src < deg_i."""
+    d = len(degrees)
+    layer_deg = [list(degrees)] + [[(k % max(d - 1, 1)) + 1 for k in range(h)] for h in hidden]
+    masks = []
+    for src, dst in zip(layer_deg[:-1], layer_deg[1:]):
+        masks.append(np.array([[1.0 if a <= b else 0.0 for b in dst] for a in src]))
+    out_deg = list(degrees) * 2
+    masks.append(np.array([[1.0 if a < b else 0.0 for b in out_deg] for a in layer_deg[-1]]))
+    return masks
+
+
+@pytest.mark.parametrize("conditioner, order, activation, bound", [
+    ("z", None, "tanh", 3.0), ("x", [2, 0, 3, 1], "softplus", 1.5), ("z", [3, 1, 0, 2], "swish", 0.8)])
+def test_masked_autoregressive_matches_a_masked_network_built_by_hand(conditioner, order, activation, bound):
+    """The one-pass direction (forward for 'z', inverse for 'x') against a MADE network
+    built by hand: degrees deg_i = position of i in the order + 1, the masks from their
+    definition, the named activation; s = c tanh(s_raw/c), s_raw the first d outputs."""
+    d = 4
+    layer = MaskedAutoregressive(d, hidden=(5, 6), order=order, conditioner=conditioner,
+                                 activation=activation, scale_bound=bound)
+    rng = np.random.default_rng(4)
+    params = [(rng.standard_normal(W.shape), rng.standard_normal(b.shape)) for W, b in layer.identity_params()]
+    order_ = list(range(d)) if order is None else order
+    degrees = [order_.index(i) + 1 for i in range(d)]
+    masks = _hand_made_masks(degrees, (5, 6))
+    for got, want in zip(layer.masks, masks):
+        np.testing.assert_array_equal(got, want)
+    y = rng.standard_normal((6, d))
+    out = _hand_net(params, y, activation, masks)
+    s, t = bound * np.tanh(out[:, :d] / bound), out[:, d:]
+    if conditioner == "z":
+        got, ld = layer.forward_and_log_det(params, y)
+        want, want_ld = y * np.exp(s) + t, s.sum(axis=1)
+    else:
+        got, ld = layer.inverse_and_log_det(params, y)
+        want, want_ld = (y - t) * np.exp(-s), -s.sum(axis=1)
+    np.testing.assert_allclose(got, want, rtol=REFERENCE_RTOL, atol=1e-13)
+    np.testing.assert_allclose(ld, want_ld, rtol=REFERENCE_RTOL, atol=1e-13)
+
+
+def test_masked_autoregressive_init_draws_hidden_layers_and_zeroes_the_output():
+    """init: W ~ N(0, 1/fan_in), b ~ N(0, 0.1²) on hidden layers (moments over many
+    entries, z ≤ 5), the output layer exactly zero (the layer starts as the identity)."""
+    layer = MaskedAutoregressive(3, hidden=(400, 400))
+    params = layer.init(np.random.default_rng(0))
+    W, b = params[1]
+    n = W.size
+    assert abs(np.mean(W)) <= 5 * np.sqrt(1 / 400 / n)
+    assert abs(np.mean(W**2) * 400 - 1.0) <= 5 * np.sqrt(2 / n)  # var of a χ²₁ mean
+    assert abs(np.mean(b**2) / 0.01 - 1.0) <= 5 * np.sqrt(2 / b.size)
+    assert not np.any(params[-1][0]) and not np.any(params[-1][1])
+
+
+def test_planar_matches_the_textbook_map():
+    """x = z + û tanh(wᵀz + b), û = u + (−1 + softplus(wᵀu) − wᵀu) w/‖w‖²,
+    log|det| = log|1 + (1 − tanh²(a)) wᵀû| (Rezende & Mohamed 2015, their appendix A)."""
+    w, u, b = np.array([0.7, -1.1, 0.4]), np.array([-2.0, 0.5, 1.5]), np.array(0.3)
+    z = np.random.default_rng(5).standard_normal((6, 3))
+    wu = w @ u
+    u_hat = u + (-1.0 + np.log1p(np.exp(wu)) - wu) * w / (w @ w)
+    a = z @ w + 0.3
+    x, ld = Planar(3).forward_and_log_det((w, u, b), z)
+    np.testing.assert_allclose(x, z + np.tanh(a)[:, None] * u_hat, rtol=REFERENCE_RTOL)
+    np.testing.assert_allclose(ld, np.log(np.abs(1 + (1 - np.tanh(a) ** 2) * (w @ u_hat))), rtol=1e-11)
+
+
+@pytest.mark.parametrize("a_raw, b_raw", [(0.3, -0.8), (-1.0, 2.0)])
+def test_radial_matches_the_textbook_map(a_raw, b_raw):
+    """x = z + β h(r)(z − z₀), h = 1/(α + r), α = softplus(a_raw), β = −α + softplus(b_raw);
+    log|det| = (d − 1) log(1 + βh) + log(1 + βh + βh'(r) r), h' = −1/(α + r)²."""
+    d = 3
+    z0 = np.array([0.5, -0.2, 1.0])
+    z = np.random.default_rng(6).standard_normal((5, d))
+    alpha = np.log1p(np.exp(a_raw))
+    beta = -alpha + np.log1p(np.exp(b_raw))
+    r = np.sqrt(np.sum((z - z0) ** 2, axis=1))
+    h, dh = 1 / (alpha + r), -1 / (alpha + r) ** 2
+    x, ld = Radial(d).forward_and_log_det((z0, np.array(a_raw), np.array(b_raw)), z)
+    np.testing.assert_allclose(x, z + (beta * h)[:, None] * (z - z0), rtol=REFERENCE_RTOL)
+    want = (d - 1) * np.log(1 + beta * h) + np.log(1 + beta * h + beta * dh * r)
+    np.testing.assert_allclose(ld, want, rtol=1e-11)
+
+
+def test_flow_composes_its_layers_in_order():
+    """Flow([f1, f2]) maps z to f2(f1(z)) with log-det the sum; log_prob(x) is
+    log N(z; 0, I) − Σ log-det along the forward pass from z = f⁻¹(x)."""
+    from scipy.stats import multivariate_normal
+
+    f1, f2 = ElementwiseAffine(2), Permutation(2, [1, 0])
+    p1 = (np.array([0.5, -0.3]), np.array([1.0, 2.0]))
+    flow = Flow([f1, f2])
+    z = np.random.default_rng(7).standard_normal((5, 2))
+    x, ld = flow.forward_and_log_det([p1, ()], z)
+    np.testing.assert_allclose(x, (z * np.exp(p1[0]) + p1[1])[:, [1, 0]], rtol=REFERENCE_RTOL)
+    np.testing.assert_allclose(ld, np.full(5, 0.2), rtol=REFERENCE_RTOL)
+    want = multivariate_normal(np.zeros(2), np.eye(2)).logpdf(z) - 0.2
+    np.testing.assert_allclose(flow.log_prob([p1, ()], x), want, rtol=REFERENCE_RTOL)
+
+
+def test_data_init_accepts_two_points_and_refuses_one():
+    """The documented minimum, n ≥ 2: two points give s = log(|x₁ − x₂|/2) (the population
+    std) and b = their midpoint; one point raises by name."""
+    x = np.array([[1.0, -3.0], [4.0, 1.0]])
+    s, b = ElementwiseAffine(2).data_init(x)
+    np.testing.assert_allclose(s, np.log([1.5, 2.0]), rtol=1e-15)
+    np.testing.assert_allclose(b, [2.5, -1.0], rtol=1e-15)
+    with pytest.raises(ValueError, match=r"^x:"):
+        ElementwiseAffine(2).data_init(x[:1])
+
+
+def test_mask_entries_other_than_zero_and_one_raise():
+    """A numeric mask with a 2 or a 0.5 in it is refused by name (as is a string dtype)."""
+    for bad in ([0, 2, 1], [0.5, 1.0, 0.0], np.array(["0", "1", "1"])):
+        with pytest.raises(ValueError, match=r"^mask:"):
+            AffineCoupling(3, mask=bad, hidden=(4,))
+
+
+@pytest.mark.parametrize("hidden", [(3,), (3, 4), (3, 4, 5)])
+def test_masked_autoregressive_init_has_its_sizes_for_any_depth(hidden):
+    """init gives len(hidden) + 1 layers of sizes d → hidden → 2d, the last zero."""
+    layer = MaskedAutoregressive(2, hidden=hidden)
+    params = layer.init(np.random.default_rng(0))
+    layer.check_params(params)
+    sizes = (2,) + hidden + (4,)
+    assert [W.shape for W, _ in params] == list(zip(sizes[:-1], sizes[1:]))
+    assert all(np.any(W) for W, _ in params[:-1]) and not np.any(params[-1][0])

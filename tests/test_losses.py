@@ -265,3 +265,92 @@ def test_the_fm_rule_is_sized_by_its_own_node_count():
     assert x.shape == (2 * 2 * 24**3, 3) and abs(w.sum() - 0.5) <= 1e-14
     with pytest.raises(ValueError, match=r"^n_x:"):  # the CFM rule at the same size: 1.6e9 nodes
         cfm_quadrature_nodes(CondOT(0.01), target, n_t=2, n_x=24, t_max=0.5)
+
+
+# -------------------------------------------------- time ranges off [0, 1] and batched forms
+
+#: Gauss–Legendre with n_t nodes integrates polynomials of degree < 2 n_t exactly; the
+#: x-rules at n_x = 48 are exact to rounding (error < 1e-15 from 24 nodes): sums of ~10⁴
+#: weights leave ~1e-15 relative, 1e-12 with room.
+RULE_RTOL = 1e-12
+
+
+@pytest.mark.parametrize("t_min, t_max", [(0.3, 0.8), (0.0, 0.55)])
+def test_quadrature_rules_on_a_sub_interval_integrate_polynomials_in_t(t_min, t_max):
+    """Nodes lie in [t_min, t_max]; the weights integrate t² (Gauss–Legendre exact for it)
+    times E[1], E[x₀] = 0, E[x₀²] = 1 and E[x₁] = mean over the sub-interval."""
+    target = GaussianMixture(np.array([[1.0, -0.5], [-2.0, 0.3]]), np.array([[[0.5, 0.1], [0.1, 0.3]], np.zeros((2, 2))]),
+                             np.array([0.7, 0.3]))
+    t, x_0, x_1, w = cfm_quadrature_nodes(CondOT(), target, n_t=3, n_x=24, t_min=t_min, t_max=t_max)
+    assert np.all((t > t_min) & (t < t_max))
+    length, t2 = t_max - t_min, (t_max**3 - t_min**3) / 3
+    assert np.isclose(w.sum(), length, rtol=RULE_RTOL)
+    assert np.isclose(np.sum(w * t**2), t2, rtol=RULE_RTOL)
+    np.testing.assert_allclose(w @ x_0, 0.0, atol=1e-14)
+    np.testing.assert_allclose(w @ x_0**2, length, rtol=RULE_RTOL)
+    np.testing.assert_allclose(w @ x_1, length * target.mean(), rtol=RULE_RTOL)
+    second = target.covariance() + np.outer(target.mean(), target.mean())
+    np.testing.assert_allclose((w * x_1.T) @ x_1, length * second, rtol=RULE_RTOL)
+    path = VP()
+    tf, x, wf = fm_quadrature_nodes(path, target, n_t=3, n_x=24, t_min=t_min, t_max=min(t_max, 0.99))
+    assert np.all((tf > t_min) & (tf < t_max))
+    # E_{p_t}[x] = α_t E[x₁]: the per-t mean by grouping nodes
+    for tk in np.unique(tf):
+        sel = tf == tk
+        np.testing.assert_allclose((wf[sel] @ x[sel]) / wf[sel].sum(), path.alpha_t(tk) * target.mean(),
+                                   rtol=RULE_RTOL, atol=1e-14)
+
+
+def test_losses_on_a_sub_interval_obey_the_decomposition():
+    """On t ∈ [0.3, 0.8]: L_FM(0) = E‖u_t(x)‖², and with v = u_t (the marginal velocity)
+    L_FM = 0 and L_CFM = E‖u_t(x|x₁)‖² − E‖u_t(x)‖² (FM.3); so L_CFM(0) =
+    conditional_energy (FM.8, closed form in x) and L_CFM(u_t) + L_FM(0) = conditional_energy.
+    Each loss is divided by the interval's length 0.5, so these are averages over t."""
+    target, path = example_target(dim=1, k=2), Cosine()
+    zero = lambda p, x, t: 0.0 * x  # noqa: E731
+    oracle = lambda p, x, t: marginal_velocity(target, path, x, t)  # noqa: E731
+    kw = dict(n_t=6, n_x=48, t_min=0.3, t_max=0.8)
+    energy = conditional_energy(path, target, n_t=6, t_min=0.3, t_max=0.8)
+    assert np.isclose(cfm_loss_quadrature(zero, None, path, target, **kw), energy, rtol=RULE_RTOL)
+    assert fm_loss_quadrature(oracle, None, path, target, **kw) <= 1e-25
+    fm0 = fm_loss_quadrature(zero, None, path, target, **kw)
+    assert np.isclose(cfm_loss_quadrature(oracle, None, path, target, **kw) + fm0, energy, rtol=1e-10)
+    # the velocity= argument replaces the closed-form target: with v = 0 as its target,
+    # L_FM(u) = E‖u_t(x)‖² again
+    assert np.isclose(fm_loss_quadrature(oracle, None, path, target, velocity=lambda x, t: 0.0 * x, **kw), fm0,
+                      rtol=RULE_RTOL)
+
+
+@pytest.mark.parametrize("t_min, t_max", [(0.3, 0.8), (0.6, 0.95)])
+def test_conditional_energy_on_a_sub_interval_matches_scipy_quad(t_min, t_max):
+    """(1/(t_max − t_min)) ∫ α'² E‖x₁‖² + σ'² d dt by adaptive quadrature, with α', σ' by
+    central differences of α, σ (step 1e-6, error ~1e-10 relative): an independent route."""
+    from scipy.integrate import quad
+
+    target, path = example_target(dim=2), VP()
+    h = 1e-6
+    da = lambda t: (path.alpha_t(t + h) - path.alpha_t(t - h)) / (2 * h)  # noqa: E731
+    ds = lambda t: (path.sigma_t(t + h) - path.sigma_t(t - h)) / (2 * h)  # noqa: E731
+    integrand = lambda t: da(t) ** 2 * target.second_moment() + ds(t) ** 2 * 2  # noqa: E731
+    want = quad(integrand, t_min, t_max, epsabs=0, epsrel=1e-12)[0] / (t_max - t_min)
+    got = conditional_energy(path, target, n_t=40, t_min=t_min, t_max=t_max)
+    assert np.isclose(got, want, rtol=1e-8)  # central differences (1e-10) and 40 GL nodes
+
+
+def test_monte_carlo_losses_take_a_float_time_and_match_the_batched_form():
+    """cfm_loss and fm_loss accept t as a float (documented), equal to the (n,) array of it;
+    sample_training_batch draws t in [t_min, t_max) with the uniform mean and x₁ from the target."""
+    target, path = example_target(dim=2), CondOT(0.1)
+    model, params = _small_model(2, 3)
+    rng = np.random.default_rng(0)
+    x_0, x_1 = rng.standard_normal((5, 2)), target.sample(5, rng)
+    for loss in (lambda t: cfm_loss(model, params, path, t, x_0, x_1),
+                 lambda t: fm_loss(model, params, path, target, t, x_0, x_1)):
+        assert np.isclose(loss(0.35), loss(np.full(5, 0.35)), rtol=1e-15)
+    n = 20_000
+    t, x0, x1 = sample_training_batch(target, n, np.random.default_rng(1), t_min=0.2, t_max=0.6)
+    assert t.shape == (n,) and x0.shape == x1.shape == (n, 2)
+    assert 0.2 <= t.min() and t.max() < 0.6
+    assert abs(t.mean() - 0.4) <= 5 * 0.4 / np.sqrt(12 * n)
+    assert np.all(np.abs(x0.mean(0)) <= 5 / np.sqrt(n))
+    assert np.all(np.abs(x1.mean(0) - target.mean()) <= 5 * np.sqrt(np.diag(target.covariance()) / n))

@@ -258,3 +258,19 @@ def test_tanh_derivatives_stay_finite_for_saturated_units():
     # the same expressions evaluated by autograd's VJPs: equal up to one rounding
     assert np.allclose(elementwise_grad(act)(a), 1.0 - th**2, rtol=1e-15, atol=0)
     assert np.allclose(elementwise_grad(d_act)(a), -2.0 * th * (1.0 - th**2), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_init_draws_the_documented_scales(scale):
+    """W ~ N(0, scale²/fan_in), b ~ N(0, 0.1² scale²) (documented; scale off its default
+    too): the second moments of many entries within 5 standard errors (a χ²₁ mean has
+    relative standard error √(2/n)), the means within 5 standard errors of 0."""
+    mlp = MLP(3, hidden=(300, 300))
+    params = mlp.init(np.random.default_rng(0), scale=scale)
+    W, b = params[1]
+    for x, var in ((W, scale**2 / 300), (b, 0.01 * scale**2)):
+        n = x.size
+        assert abs(np.mean(x**2) / var - 1.0) <= 5 * np.sqrt(2 / n)
+        assert abs(np.mean(x)) <= 5 * np.sqrt(var / n)
+    W0, _ = params[0]
+    assert abs(np.mean(W0**2) / (scale**2 / 4) - 1.0) <= 5 * np.sqrt(2 / W0.size)  # fan_in = d + 1

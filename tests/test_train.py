@@ -93,3 +93,119 @@ def test_tree_map_refuses_mismatched_trees_and_keeps_namedtuples():
     assert isinstance(out, Pair) and np.array_equal(out.w, [2.0, 2.0])
     params, _ = adam(lambda p, s: (0.0, tree_map(np.zeros_like, p)), [Pair(np.ones(2), np.ones(1))], 2)
     assert isinstance(params[0], Pair)
+
+
+# ----------------------------------------------------------------- exact update rules
+# Adam's rule written out by hand in its unrolled form, a route that shares no code with
+# fm_ref.train: m_k = (1 − β₁) Σ_{i≤k} β₁^{k−i} g_i, v_k likewise with β₂ and g_i²,
+# θ_{k+1} = θ_k − lr (m_k / (1 − β₁^{k+1})) / (√(v_k / (1 − β₂^{k+1})) + ε).
+
+#: Adam's update is a few flops per step; the hand computation differs only in rounding.
+ADAM_RTOL = 1e-12
+
+
+def _adam_by_hand(theta0, grads, lr, b1, b2, eps):
+    """The iterates θ_1, …, θ_K for a fixed gradient sequence (each g_k an array)."""
+    out, theta = [], np.array(theta0, dtype=float)
+    for k in range(len(grads)):
+        m = (1 - b1) * sum(b1 ** (k - i) * grads[i] for i in range(k + 1))
+        v = (1 - b2) * sum(b2 ** (k - i) * grads[i] ** 2 for i in range(k + 1))
+        theta = theta - lr * (m / (1 - b1 ** (k + 1))) / (np.sqrt(v / (1 - b2 ** (k + 1))) + eps)
+        out.append(theta)
+    return out
+
+
+@pytest.mark.parametrize("hyper", [dict(), dict(lr=0.3, b1=0.6, b2=0.75, eps=0.2)])
+def test_adam_steps_match_the_hand_computation(hyper):
+    """A gradient sequence that changes sign and size, over a two-leaf (W, b) tree: every
+    iterate, every recorded loss and every callback call match the unrolled rule, so each of
+    lr, b1, b2, eps, the bias corrections and the step count is pinned (defaults included:
+    lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8)."""
+    full = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8) | hyper
+    rng = np.random.default_rng(5)
+    W0, b0 = rng.standard_normal((2, 3)), rng.standard_normal(3)
+    gW = [rng.standard_normal((2, 3)) * s for s in (1.0, -3.0, 0.01, 2.0)]
+    gb = [rng.standard_normal(3) * s for s in (0.5, 4.0, -1.0, 1e-3)]
+    W0_before = W0.copy()
+    calls, seen = [], []
+
+    def loss_and_grad(p, step):
+        calls.append(step)
+        return 10.0 + step * step, [(gW[step], gb[step])]
+
+    params, losses = adam(loss_and_grad, [(W0, b0)], 4, callback=lambda i, l, p: seen.append((i, l, p)), **hyper)
+    want_W = _adam_by_hand(W0, gW, **full)
+    want_b = _adam_by_hand(b0, gb, **full)
+    assert calls == [0, 1, 2, 3] and [s[0] for s in seen] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(losses, [10.0, 11.0, 14.0, 19.0])
+    assert [s[1] for s in seen] == [10.0, 11.0, 14.0, 19.0]
+    for k, (_, _, p) in enumerate(seen):
+        np.testing.assert_allclose(p[0][0], want_W[k], rtol=ADAM_RTOL)
+        np.testing.assert_allclose(p[0][1], want_b[k], rtol=ADAM_RTOL)
+    np.testing.assert_allclose(params[0][0], want_W[-1], rtol=ADAM_RTOL)
+    np.testing.assert_allclose(params[0][1], want_b[-1], rtol=ADAM_RTOL)
+    np.testing.assert_array_equal(W0, W0_before)  # the input is not modified
+
+
+def test_adam_with_a_constant_gradient_steps_by_lr_each_time():
+    """For a constant g the bias corrections make m̂ = g and v̂ = g² at every step, so each
+    step is exactly −lr·g/(|g| + ε), for any β₁, β₂ (the issue's hand computation)."""
+    g = np.array([2.0, -0.5, 1e-3, 0.0])
+    lr, eps = 0.1, 0.01
+    for b1, b2 in ((0.9, 0.999), (0.5, 0.3)):
+        (p,), losses = adam(lambda p, s: (1.0, [g]), [np.zeros(4)], 5, lr=lr, b1=b1, b2=b2, eps=eps)
+        np.testing.assert_allclose(p, -5 * lr * g / (np.abs(g) + eps), rtol=ADAM_RTOL, atol=0)
+        assert losses.shape == (5,)
+
+
+def test_rows_reaches_every_row_with_equal_frequency():
+    """Training draws data rows uniformly with replacement: with N = 5 rows and 20 000
+    draws every row appears, each row's count is within 5 standard errors of n/N, and the
+    drawn mean is the data mean within 5 standard errors."""
+    from fm_ref.train import _Rows
+
+    points = np.arange(10.0).reshape(5, 2) ** 2
+    n = 20_000
+    drawn = _Rows(points).sample(n, np.random.default_rng(0))
+    assert drawn.shape == (n, 2)
+    counts = np.array([np.sum(np.all(drawn == row, axis=1)) for row in points])
+    assert counts.sum() == n
+    se = np.sqrt(n * 0.2 * 0.8)
+    assert np.all(np.abs(counts - n / 5) <= 5 * se)
+    se_mean = points.std(axis=0) / np.sqrt(n)
+    assert np.all(np.abs(drawn.mean(axis=0) - points.mean(axis=0)) <= 5 * se_mean)
+
+
+@pytest.mark.parametrize("as_array", [False, True])
+def test_train_cfm_first_step_is_adam_on_the_cfm_loss_of_its_batch(as_array):
+    """One step of train_cfm on a time range [0.2, 0.7) equals Adam's first step
+    θ − lr·g/(|g| + ε) with g the autograd gradient of ``cfm_loss`` on the batch that
+    ``sample_training_batch`` draws from the same Generator state (the documented order:
+    t, x₀, x₁); the recorded loss is that batch's L_CFM. For a data array, the batch rows
+    are the rows that ``rng.integers(0, N, n)`` picks."""
+    import autograd
+
+    from fm_ref.losses import cfm_loss, sample_training_batch
+
+    mlp, path, lr = MLP(2, (5,)), VP(), 0.05
+    params = mlp.init(np.random.default_rng(0))
+    target = GaussianMixture(np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([0.3, 0.2]))
+    points = target.sample(7, np.random.default_rng(9))
+
+    class _Source:  # data rows, drawn as train_cfm documents for an array
+        dim = 2
+
+        def sample(self, n, rng):
+            return points[rng.integers(0, len(points), n)]
+
+    data, source = (points, _Source()) if as_array else (target, target)
+    seen = []
+    train_cfm(mlp, path, data, 1, np.random.default_rng(4), batch=6, lr=lr, params=params,
+              t_min=0.2, t_max=0.7, callback=lambda i, l, p: seen.append((l, p)))
+    t, x_0, x_1 = sample_training_batch(source, 6, np.random.default_rng(4), 0.2, 0.7)
+    assert np.all((t >= 0.2) & (t < 0.7))
+    loss, g = autograd.value_and_grad(lambda p: cfm_loss(mlp, p, path, t, x_0, x_1))(params)
+    np.testing.assert_allclose(seen[0][0], loss, rtol=1e-12)  # two summation orders of one sum
+    want = tree_flatten(params) - lr * tree_flatten(g) / (np.abs(tree_flatten(g)) + 1e-8)
+    # the hand-written backward pass against autograd, then one Adam step of size ≤ lr
+    np.testing.assert_allclose(tree_flatten(seen[0][1]), want, rtol=1e-10, atol=1e-12)

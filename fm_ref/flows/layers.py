@@ -24,6 +24,7 @@ import numpy as onp
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
+from .._stats import mean_std
 from .._validate import as_generator, as_points, as_positive_int
 
 __all__ = ["Layer", "ElementwiseAffine", "Permutation", "Reverse", "check_tree", "tanh", "sech2"]
@@ -117,7 +118,8 @@ class Layer:
         """
         self.check_params(params)
         z = as_points(z, "z", dim=self.dim)
-        x, log_det = self._forward(params, z)
+        with onp.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported by name below
+            x, log_det = self._forward(params, z)
         _check_output(self, "forward_and_log_det", x, log_det)
         return x, log_det
 
@@ -138,7 +140,8 @@ class Layer:
         """
         self.check_params(params)
         x = as_points(x, "x", dim=self.dim)
-        z, log_det = self._inverse(params, x)
+        with onp.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported by name below
+            z, log_det = self._inverse(params, x)
         _check_output(self, "inverse_and_log_det", z, log_det)
         return z, log_det
 
@@ -177,10 +180,10 @@ class ElementwiseAffine(Layer):
         x = as_points(x, "x", dim=self.dim)
         if x.shape[0] < 2:
             raise ValueError(f"x: data_init needs at least 2 points, got shape {x.shape}")
-        std = onp.std(x, axis=0)
+        mean, std = mean_std(x, axis=0)  # no overflow for |x| up to float64's limit
         if onp.any(std <= 0.0):
             raise ValueError("x: data_init needs every coordinate to vary, got a constant coordinate")
-        return (onp.log(std), onp.mean(x, axis=0))
+        return (onp.log(std), mean)
 
     def _forward(self, params, z):
         s, b = params

@@ -22,9 +22,11 @@ from .layers import Layer, sech2, tanh
 
 __all__ = ["Planar", "Radial", "planar_root", "ROOT_TOL", "MIN_WU"]
 
-#: The planar root a is returned when the last Newton or bisection step moved it by
-#: ≤ ROOT_TOL·(1 + |a|); a Newton step that small leaves an error of order its square,
-#: so the root is accurate to a few ulps unless f'(a) is tiny (an ill-conditioned point).
+#: A point of the planar root solve is done when F(a) = 0 exactly, when the last Newton or
+#: bisection step moved it by ≤ ROOT_TOL·|a_new| (relative to the new iterate, no absolute
+#: floor), or when its bracket has closed. A Newton step that small leaves an error of
+#: order its square, so the root is accurate to a few ulps unless f'(a) is tiny (an
+#: ill-conditioned point). derivations/07-normalizing-flows.md, numerics note N2.
 ROOT_TOL = 1e-13
 #: Bisection halves the bracket 2|m| each step; 2000 steps cover any float64 width.
 ROOT_MAX_ITER = 2000

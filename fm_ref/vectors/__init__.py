@@ -27,6 +27,8 @@ import json
 import numpy as np
 
 from .. import __version__
+from .._io import atomic_write_text
+from .schema import check_reference, check_structure, number_array, read_json, worse
 from .cases import (BUILDERS, KINDS, layer_params_from_json, make_layer, make_mlp, make_path,
                            params_from_json)
 
@@ -105,42 +107,24 @@ def generate(kinds=None, log=None):
 
 
 def write_vectors(path, kinds=None, log=None):
-    """Generate the vectors and write them to ``path``; returns the payload."""
+    """Generate the vectors and write them to ``path`` atomically (``fm_ref._io``: an
+    interrupted write leaves any old file intact); returns the payload."""
     payload = generate(kinds, log)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(dumps(payload))
+    atomic_write_text(path, dumps(payload))
     return payload
 
 
 # ----------------------------------------------------------------------------- reading
 
 def load_json(path, what):
-    """Read a vectors or results file; malformed content raises ValueError naming ``what``."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            payload = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}: {path} is not valid JSON ({exc})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{what}: {path} is not a UTF-8 text file") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"{what}: expected a JSON object at the top level, got {type(payload).__name__}")
-    version = payload.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{what}: expected schema_version {SCHEMA_VERSION}, got {version!r}")
-    cases = payload.get("cases")
-    if not isinstance(cases, list):
-        raise ValueError(f"{what}: expected a list 'cases', got {type(cases).__name__}")
-    seen = set()
-    for i, case in enumerate(cases):
-        if not isinstance(case, dict) or not isinstance(case.get("id"), str):
-            raise ValueError(f"{what}: case {i} has no string 'id'")
-        if case["id"] in seen:
-            raise ValueError(f"{what}: case id {case['id']!r} appears twice")
-        seen.add(case["id"])
-        if not isinstance(case.get("outputs"), dict):
-            raise ValueError(f"{what}: case {case['id']!r} has no 'outputs' object")
-    return payload
+    """Read a vectors or results file; malformed content raises ValueError naming ``what``.
+
+    The file must be a regular file of strict JSON (``fm_ref.vectors.schema.read_json``:
+    size cap, no NaN/Infinity, no number beyond float64, no duplicated key, bounded
+    nesting) with the top level of the schema (an integer ``schema_version``, cases with
+    unique string ids and an ``outputs`` object).
+    """
+    return check_structure(read_json(path, what), what, SCHEMA_VERSION)
 
 
 def case_arrays(values, what):
@@ -159,13 +143,18 @@ def case_arrays(values, what):
 
 
 def _case_errors(ref, got, tol):
-    """Max |got − ref|, max relative error (over ref ≠ 0), and max error/(abs + rel|ref|)."""
-    diff = np.abs(got - ref)
-    scale = tol["abs"] + tol["rel"] * np.abs(ref)
-    ratio = float(np.max(diff / scale)) if diff.size else 0.0
-    nz = ref != 0
-    rel = float(np.max(diff[nz] / np.abs(ref[nz]))) if np.any(nz) else 0.0
-    return float(np.max(diff)) if diff.size else 0.0, rel, ratio
+    """Max |got − ref|, max relative error (over ref ≠ 0), and max error/(abs + rel|ref|).
+
+    An error beyond float64 is +inf (a failure, without an overflow warning); a zero error
+    against a zero tolerance is 0, a non-zero one is +inf; a NaN (inf/inf) fails the case.
+    """
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        diff = np.abs(got - ref)
+        scale = tol["abs"] + tol["rel"] * np.abs(ref)
+        ratio = np.where(diff == 0.0, 0.0, diff / scale)
+        nz = ref != 0
+        rel = float(np.max(diff[nz] / np.abs(ref[nz]))) if np.any(nz) else 0.0
+    return float(np.max(diff)), rel, float(np.max(ratio))
 
 
 def compare(vectors, results, kinds=None):
@@ -174,20 +163,26 @@ def compare(vectors, results, kinds=None):
     Parameters
     ----------
     vectors, results : dict
-        Payloads as returned by ``load_json``.
+        Payloads as returned by ``load_json``. The reference is validated completely
+        first (``fm_ref.vectors.schema.check_reference``: finite numbers, tolerances
+        finite and ≥ 0), so a corrupted reference cannot make a wrong result pass.
     kinds : iterable of str, optional
         Check only cases of these kinds (the results need hold only those).
 
     Returns
     -------
     list of dict, one per checked case: id, kind, max_abs, max_rel, ratio (worst error in
-    units of the tolerance), tolerance, passed.
+    units of the tolerance), tolerance, passed. A case passes only if its ratio is ≤ 1
+    (a NaN is never dropped: it fails).
 
-    Raises ``ValueError`` for an incomplete or malformed results file (a missing case or
-    output, a wrong shape, non-finite values).
+    Raises ``ValueError`` for a malformed reference, or an incomplete or malformed results
+    file (a missing case or output, a wrong shape, non-finite values, non-numbers), naming
+    the place, e.g. ``RESULTS: cases[4].outputs.x_t``.
     """
-    got_by_id = {c["id"]: c for c in results["cases"]}
-    ref_cases = [c for c in vectors["cases"] if kinds is None or c.get("kind") in kinds]
+    ref_arrays = check_reference(vectors, "VECTORS", SCHEMA_VERSION)
+    check_structure(results, "RESULTS", SCHEMA_VERSION)
+    got_by_id = {c["id"]: (j, c) for j, c in enumerate(results["cases"])}
+    ref_cases = [c for c in vectors["cases"] if kinds is None or c["kind"] in kinds]
     if not ref_cases:
         raise ValueError(f"kinds: no reference case has a kind in {sorted(kinds)}")
     missing = [c["id"] for c in ref_cases if c["id"] not in got_by_id]
@@ -198,21 +193,16 @@ def compare(vectors, results, kinds=None):
     report = []
     for case in ref_cases:
         cid = case["id"]
-        tol = case["tolerance"]
-        ref = case_arrays(case["outputs"], f"VECTORS case {cid!r}")
-        got = case_arrays(got_by_id[cid]["outputs"], f"RESULTS case {cid!r}")
+        tol = {k: float(case["tolerance"][k]) for k in ("abs", "rel")}
+        j, got_case = got_by_id[cid]
         worst = (0.0, 0.0, 0.0)
-        for name, r in ref.items():
-            if name not in got:
+        for name, r in ref_arrays[cid].items():
+            if name not in got_case["outputs"]:
                 raise ValueError(f"RESULTS: case {cid!r} lacks the output '{name}'")
-            g = got[name]
-            if not isinstance(g, np.ndarray) or g.shape != r.shape:
-                shape = g.shape if isinstance(g, np.ndarray) else type(g).__name__
-                raise ValueError(f"RESULTS: case {cid!r} output '{name}' expected shape {r.shape}, got {shape}")
-            if not np.all(np.isfinite(g)):
-                raise ValueError(f"RESULTS: case {cid!r} output '{name}' has NaN or inf")
-            errs = _case_errors(r, g, tol)
-            worst = tuple(max(a, b) for a, b in zip(worst, errs))
-        report.append({"id": cid, "kind": case.get("kind", ""), "max_abs": worst[0], "max_rel": worst[1],
+            g = number_array(got_case["outputs"][name], f"RESULTS: cases[{j}].outputs.{name} (id {cid!r})")
+            if g.shape != r.shape:
+                raise ValueError(f"RESULTS: case {cid!r} output '{name}' expected shape {r.shape}, got {g.shape}")
+            worst = tuple(worse(a, b) for a, b in zip(worst, _case_errors(r, g, tol)))
+        report.append({"id": cid, "kind": case["kind"], "max_abs": worst[0], "max_rel": worst[1],
                        "ratio": worst[2], "abs": tol["abs"], "rel": tol["rel"], "passed": bool(worst[2] <= 1.0)})
     return report
