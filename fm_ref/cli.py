@@ -8,6 +8,8 @@ verify   run the theorem checks of ``fm_ref.verify`` and print a table
 vectors  write the golden reference vectors (float64, bit-exact JSON)
 check    compare another implementation's results with the reference vectors
 bench    time the operations that matter (medians over repeats)
+log-prob the exact log p₁ of your points under your own saved velocity MLP (fm_ref.usermodel)
+sample   samples of your own saved velocity MLP
 
 Exit codes: 0 success; 1 a check or a comparison failed; 2 bad arguments, a bad file
 or a failed computation (one line ``fm-ref: error: ...`` on stderr naming the option or
@@ -202,19 +204,18 @@ def cmd_check(args):
     _check_not_an_input(args.json, "--json", VECTORS=args.vectors, RESULTS=args.results)
     ref = vectors.load_json(args.vectors, "VECTORS")
     got = vectors.load_json(args.results, "RESULTS")
-    report = vectors.compare(ref, got, kinds=args.kind)  # validates the reference first
+    report = vectors.compare(ref, got, kinds=args.kind, ids=args.id, outputs=args.output, present=args.present,
+                             tier=args.tier)  # validates the reference first
     unknown = sorted({c["id"] for c in got["cases"]} - {c["id"] for c in ref["cases"]})
     if unknown:
         _say(f"note: {len(unknown)} case(s) in {args.results} are not in {args.vectors} and were ignored: "
              f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
-    by_kind = {}
-    for r in report:
-        by_kind.setdefault(r["kind"], []).append(r)
-    rows = [[kind, str(len(rs)), str(sum(r["passed"] for r in rs)), fmt(_worst(r["max_abs"] for r in rs), ".2e"),
-             fmt(_worst(r["max_rel"] for r in rs), ".2e"), fmt(_worst(r["ratio"] for r in rs), ".2g")]
-            for kind, rs in by_kind.items()]
-    _say(f"fm-ref check: {args.results} against {args.vectors} ({len(report)} cases)\n")
-    _say(format_table(["kind", "cases", "passed", "max abs err", "max rel err", "worst err/tol"], rows))
+    selected = vectors.select_cases(ref, args.kind, args.id, args.output)
+    rows, skipped = _check_rows(selected, report)
+    _say(f"fm-ref check: {args.results} against {args.vectors} ({len(report)} cases checked"
+         + (f", {len(skipped)} skipped" if args.present else "") + f"; tier {args.tier})\n")
+    _say(format_table(["kind", "cases", "checked", "skipped", "failed", "max abs err", "max rel err",
+                       "worst err/tol"], rows))
     failed = [r for r in report if not r["passed"]]
     shown = report if args.all else failed
     if shown:
@@ -223,11 +224,35 @@ def cmd_check(args):
                           [[r["id"], fmt(r["max_abs"], ".2e"), fmt(r["max_rel"], ".2e"), fmt(r["abs"], ".0e"),
                             fmt(r["rel"], ".0e"), fmt(r["ratio"], ".2g"), "pass" if r["passed"] else "FAIL"]
                            for r in shown]))
+    if args.present and skipped:
+        outs = sum(len(r["skipped"]) for r in report)
+        _say(f"\nskipped (not in {args.results}): {len(skipped)} case(s)" + (f" and {outs} output(s) of checked "
+             "cases" if outs else "") + (": " + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")))
     _say(f"\n{len(report) - len(failed)}/{len(report)} cases within tolerance"
          + ("" if not failed else f"; {len(failed)} FAILED") + "  (err/tol = max |got - ref| / (abs + rel |ref|))")
     if args.json:
-        _say(_write_json(args.json, {"passed": not failed, "n_cases": len(report), "cases": report}))
+        _say(_write_json(args.json, {"passed": not failed, "n_cases": len(report), "tier": args.tier,
+                                     "skipped": skipped, "cases": report}))
     return 1 if failed else 0
+
+
+def _check_rows(selected, report):
+    """Per kind: selected cases, checked, skipped (absent from the results), failed, worst errors;
+    and the ids of the skipped cases."""
+    by_id = {r["id"]: r for r in report}
+    kinds = {}
+    for case in selected:
+        kinds.setdefault(case.get("kind", ""), []).append(case["id"])
+    rows, skipped = [], []
+    for kind, ids in kinds.items():
+        rs = [by_id[i] for i in ids if i in by_id]
+        skipped += [i for i in ids if i not in by_id]
+        worst = [fmt(_worst(r[k] for r in rs), spec) if rs else "-"
+                 for k, spec in (("max_abs", ".2e"), ("max_rel", ".2e"), ("ratio", ".2g"))]
+        partial = sum(bool(r["skipped"]) for r in rs)
+        rows.append([kind, str(len(ids)), str(len(rs)) + (f" ({partial} partly)" if partial else ""),
+                     str(len(ids) - len(rs)), str(sum(not r["passed"] for r in rs))] + worst)
+    return rows, skipped
 
 
 # ----------------------------------------------------------------------------- demo
@@ -363,7 +388,7 @@ def build_parser():
     p.add_argument("--check", action="append", metavar="NAME", help="run only the check NAME (repeatable)")
     p.set_defaults(func=cmd_verify)
 
-    from .vectors import KINDS
+    from .vectors import KINDS, TIERS
 
     p = sub.add_parser("vectors", help="write the golden reference vectors (float64 JSON)")
     p.add_argument("--out", type=_name, metavar="FILE", required=True, help="the JSON file to write")
@@ -376,6 +401,15 @@ def build_parser():
                    help="your outputs: the same schema, each case with id and outputs")
     p.add_argument("--kind", action="append", choices=KINDS,
                    help="check only cases of this kind (repeatable); RESULTS need hold only those")
+    p.add_argument("--id", action="append", metavar="PATTERN",
+                   help="check only cases whose id matches PATTERN (shell-style, e.g. 'marginal/mix1d/*'; repeatable)")
+    p.add_argument("--output", action="append", metavar="NAME",
+                   help="check only the output NAME (e.g. log_prob; repeatable)")
+    p.add_argument("--present", action="store_true",
+                   help="partial mode: check exactly the selected cases and outputs that RESULTS holds, "
+                        "skip the rest (default: every selected case and output must be there)")
+    p.add_argument("--tier", choices=tuple(TIERS), default="float64",
+                   help="tolerance tier: float64 (default) or float32 (for single-precision code)")
     p.add_argument("--all", action="store_true", help="list every case, not only the failed ones")
     p.add_argument("--json", type=_name, metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=cmd_check)
@@ -386,6 +420,10 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     p.add_argument("--json", type=_name, metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
+
+    from .usermodel import add_parsers  # log-prob and sample: your own saved MLP
+
+    add_parsers(sub)
     return parser
 
 

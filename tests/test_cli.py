@@ -126,6 +126,51 @@ def test_check_malformed_files_give_clear_errors(capsys, small_vectors, tmp_path
     assert run(capsys, "check", str(small_vectors), _write(tmp_path, "p.json", only), "--kind", "path_schedule")[0] == 0
 
 
+def test_check_present_checks_exactly_what_results_hold(capsys, small_vectors, tmp_path):
+    """--present: absent cases and outputs are skipped and counted per kind; what is there is
+    checked (a corrupted value still fails); the default stays strict."""
+    good = json.loads(small_vectors.read_text())
+    part = dict(good, cases=[c for c in good["cases"] if "polynomial" not in c["id"]])
+    del part["cases"][0]["outputs"]["d_sigma_t"]
+    path = _write(tmp_path, "part.json", part)
+    assert_usage_error(capsys, "check", str(small_vectors), path, match="--present")
+    code, out, _ = run(capsys, "check", str(small_vectors), path, "--present", "--json", str(tmp_path / "r.json"))
+    assert code == 0 and "10/10 cases within tolerance" in out and "10 cases checked, 2 skipped" in out
+    assert "path_schedule         6  5 (1 partly)        1       0" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["skipped"] == ["path_schedule/polynomial-n=2.0", "conditional_path/polynomial-n=2.0"]
+    assert report["cases"][0]["skipped"] == ["d_sigma_t"] and "d_sigma_t" not in report["cases"][0]["checked"]
+    part["cases"][-1]["outputs"]["x_t"][0][0] += 1.0
+    code, out, _ = run(capsys, "check", str(small_vectors), _write(tmp_path, "bad.json", part), "--present")
+    assert code == 1 and "9/10 cases within tolerance; 1 FAILED" in out
+
+
+def test_check_selectors_and_nothing_to_check(capsys, small_vectors, tmp_path):
+    good = json.loads(small_vectors.read_text())
+    only = dict(good, cases=[{"id": c["id"], "outputs": {"alpha_t": c["outputs"]["alpha_t"]}}
+                             for c in good["cases"] if c["id"].startswith("path_schedule/condot")])
+    path = _write(tmp_path, "only.json", only)
+    code, out, _ = run(capsys, "check", str(small_vectors), path, "--id", "path_schedule/condot*", "--output", "alpha_t")
+    assert code == 0 and "2/2 cases within tolerance" in out
+    assert_usage_error(capsys, "check", str(small_vectors), path, "--id", "path_schedule/condot*", match="lacks the output 'sigma_t'")
+    assert_usage_error(capsys, "check", str(small_vectors), path, "--id", "nope*", match="--id: no selected")
+    assert_usage_error(capsys, "check", str(small_vectors), path, "--output", "nope", match="--output: no selected")
+    none = dict(good, cases=[{"id": "mine/other", "outputs": {"y": [1.0]}}])
+    assert_usage_error(capsys, "check", str(small_vectors), _write(tmp_path, "none.json", none), "--present",
+                       match="nothing to check")
+
+
+def test_check_float32_tier(capsys, small_vectors, tmp_path):
+    """Values rounded to float32 fail the float64 tier and pass the float32 one."""
+    got = json.loads(small_vectors.read_text())
+    for case in got["cases"]:
+        case["outputs"] = {k: np.asarray(v, dtype=np.float32).astype(float).tolist() for k, v in case["outputs"].items()}
+    path = _write(tmp_path, "f32.json", got)
+    assert run(capsys, "check", str(small_vectors), path)[0] == 1
+    code, out, _ = run(capsys, "check", str(small_vectors), path, "--tier", "float32")
+    assert code == 0 and "tier float32" in out
+
+
 def test_vectors_bad_arguments(capsys, tmp_path):
     assert_usage_error(capsys, "vectors", match="--out")
     assert_usage_error(capsys, "vectors", "--out", str(tmp_path), match="directory")

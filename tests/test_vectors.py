@@ -51,6 +51,7 @@ def test_committed_file_is_what_the_code_generates(fresh, committed):
         assert old["inputs"] == new["inputs"], old["id"]
         assert {k: v for k, v in old["tolerance"].items() if k != "reference_error"} == \
                {k: v for k, v in new["tolerance"].items() if k != "reference_error"}, old["id"]
+        assert old["tolerance_float32"] == new["tolerance_float32"], old["id"]
         for name, ref in vectors.case_arrays(old["outputs"], old["id"]).items():
             now = np.asarray(new["outputs"][name])
             bound = REGEN_ULPS * EPS * max(np.max(np.abs(ref)), 1e-300)
@@ -162,6 +163,10 @@ def _own_outputs(case):
         z_inv = _newton_inverse(f, x)
         return {"forward_x": np.stack([f(zi) for zi in z]), "forward_log_det": _slogdets(f, z),
                 "inverse_z": z_inv, "inverse_log_det": -_slogdets(f, z_inv)}
+    if kind == "flow_map":
+        return _own_flow_map(inp)
+    if kind == "fixed_step":
+        return {"x_t": _own_fixed_step(inp)}
     field = _own_mlp(inp["mlp"], inp["params"])  # from the file's conventions, not fm_ref's MLP
     if kind == "mlp_divergence":
         x, t = np.asarray(inp["x"]), np.asarray(inp["t"])
@@ -256,6 +261,110 @@ def _newton_inverse(f, x, iters=60):
     return np.array(out)
 
 
+def _complex_step(f, h=1e-30):
+    """f'(t) = Im f(t + ih) / h, exact to rounding for real-analytic f (no autograd, no cancellation)."""
+    return lambda t: np.imag(f(t + 1j * h)) / h
+
+
+def _own_mixture_velocity_1d(target, a, s, da, ds):
+    """u_t(x) = Σ_k r_k(x) (α'_t E[x₁|x, k] + σ'_t E[x₀|x, k]) for a 1-D mixture, x of shape (n,)."""
+    mu, var, w = (np.asarray(target[k], dtype=float).ravel() for k in ("means", "covs", "weights"))
+
+    def u(t, x):
+        c = a(t) ** 2 * var + s(t) ** 2  # (K,) variances of the components of p_t
+        r = x[:, None] - a(t) * mu
+        logw = np.log(w) - 0.5 * r**2 / c - 0.5 * np.log(c)
+        post = np.exp(logw - logw.max(axis=1, keepdims=True))
+        post /= post.sum(axis=1, keepdims=True)
+        x1 = mu + a(t) * var / c * r  # E[x₁ | x, k]
+        x0 = s(t) / c * r  # E[x₀ | x, k]
+        return np.sum(post * (da(t) * x1 + ds(t) * x0), axis=1)
+
+    return u
+
+
+def _own_flow_map(inp, root=0.5):
+    """φ_t(x₀) = α_tμ + (C_t C_0⁻¹)^root (x₀ − α_0μ) by scipy's Schur-based sqrtm (root = ½), and
+    u_t(x) = α'_tμ + ½ C'_t C_t⁻¹ (x − α_tμ) with C'_t from autograd derivatives of the schedules.
+    A 1-D mixture: the flow of its marginal velocity by DOP853 at rtol = atol = 1e-13 (root = 1:
+    the Gaussian map of the mixture's mean and variance instead, a plausible mistake)."""
+    from scipy.linalg import sqrtm
+
+    a, s = _schedules(inp["path"]["name"], inp["path"]["params"])
+    if "means" in inp["target"]:
+        tg = inp["target"]
+        mu, var, w = (np.asarray(tg[k], dtype=float).ravel() for k in ("means", "covs", "weights"))
+        if root != 0.5:
+            mean = np.array([w @ mu])
+            return _own_flow_map(dict(inp, target={"mean": mean, "cov": [[w @ (var + mu**2) - mean[0] ** 2]]}))
+        u = _own_mixture_velocity_1d(tg, a, s, _complex_step(a), _complex_step(s))
+        t, x_0 = np.asarray(inp["t"]), np.asarray(inp["x_0"])
+        sol = solve_ivp(u, (0.0, t[-1]), x_0[:, 0], method="DOP853", rtol=1e-13, atol=1e-13, t_eval=t)
+        xs = sol.y.T[:, :, None]
+        return {"x_t": xs, "u_t_at_x_t": np.stack([u(ti, xi[:, 0])[:, None] for ti, xi in zip(t, xs)])}
+    da, ds = elementwise_grad(a), elementwise_grad(s)
+    mean, cov, x_0 = (np.asarray(v) for v in (inp["target"]["mean"], inp["target"]["cov"], inp["x_0"]))
+    eye = np.eye(mean.size)
+    C = lambda t: a(t) ** 2 * cov + s(t) ** 2 * eye  # noqa: E731
+    root_0 = np.linalg.inv(np.real(sqrtm(C(0.0)))) if root == 0.5 else np.linalg.inv(C(0.0))
+    xs, us = [], []
+    for t in np.asarray(inp["t"]):
+        A = (np.real(sqrtm(C(t))) if root == 0.5 else C(t)) @ root_0
+        x = a(t) * mean + (x_0 - a(0.0) * mean) @ A.T
+        dC = 2.0 * (a(t) * da(t) * cov + s(t) * ds(t) * eye)
+        xs.append(x)
+        us.append(da(t) * mean + 0.5 * np.linalg.solve(C(t), dC @ (x - a(t) * mean).T).T)
+    return {"x_t": np.stack(xs), "u_t_at_x_t": np.stack(us)}
+
+
+def _own_fixed_step(inp, midpoint_stage=0.5, dtype=np.float64):
+    """The four rules written out on t_k = k/N, with the MLP from the file's conventions
+    (``dtype`` float32: the whole computation in single precision, plain NumPy)."""
+    n_steps, method = inp["steps"], inp["method"]
+    if dtype == np.float64:
+        one = _own_mlp(inp["mlp"], inp["params"])
+        v = lambda x, t: np.stack([one(z, t) for z in x])  # noqa: E731
+    else:
+        v = _own_mlp_float32(inp["mlp"], inp["params"])
+    x = np.asarray(inp["x_0"], dtype=dtype)
+    xs = [x]
+    for k in range(n_steps):
+        t = dtype(k / n_steps)
+        h = dtype((k + 1) / n_steps) - t
+        if method == "euler":
+            x = x + h * v(x, t)
+        elif method == "midpoint":
+            x = x + h * v(x + (h / 2) * v(x, t), t + midpoint_stage * h)
+        elif method == "heun":
+            k1 = v(x, t)
+            x = x + (h / 2) * (k1 + v(x + h * k1, t + h))
+        else:
+            k1 = v(x, t)
+            k2 = v(x + (h / 2) * k1, t + h / 2)
+            k3 = v(x + (h / 2) * k2, t + h / 2)
+            x = x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + v(x + h * k3, t + h))
+        xs.append(x)
+    return np.stack(xs)
+
+
+def _own_mlp_float32(spec, params_json):
+    """v(x, t) for a batch, every array float32 (a single-precision port)."""
+    f = np.float32
+    layers = [(np.asarray(W, dtype=f), np.asarray(b, dtype=f)) for W, b in params_json]
+    act = {"tanh": np.tanh, "softplus": lambda a: np.logaddexp(f(0), a),
+           "swish": lambda a: a / (f(1) + np.exp(-a))}[spec["activation"]]
+    k = f(2 * np.pi) * np.arange(1, spec["time_features"] + 1, dtype=f)
+
+    def v(x, t):
+        tc = np.full((x.shape[0], 1), t, dtype=f)
+        h = np.concatenate([x, tc, np.sin(tc * k), np.cos(tc * k)], axis=1)
+        for W, b in layers[:-1]:
+            h = act(h @ W + b)
+        return h @ layers[-1][0] + layers[-1][1]
+
+    return v
+
+
 @pytest.fixture(scope="module")
 def own_results(committed):
     return {"schema_version": 1,
@@ -299,6 +408,60 @@ def test_a_dropped_term_fails(committed, own_results):
                                            * np.asarray(case["outputs"]["posterior_noise_mean"])).tolist()
     report = vectors.compare(committed, bad, kinds=("marginal",))
     assert not any(r["passed"] for r in report)
+
+
+def test_sampler_vectors_reject_a_missing_root_and_a_shifted_stage(committed):
+    """The flow map without its square root, and the midpoint rule with its stage at t_k,
+    fail every flow_map case and every midpoint case with a step count above 0."""
+    cases = [c for c in committed["cases"] if c["kind"] == "flow_map"
+             or (c["kind"] == "fixed_step" and c["inputs"]["method"] == "midpoint")]
+    bad = {"schema_version": 1, "cases": [
+        {"id": c["id"], "outputs": vectors._tolist(_own_flow_map(c["inputs"], root=1.0) if c["kind"] == "flow_map"
+                                                   else {"x_t": _own_fixed_step(c["inputs"], midpoint_stage=0.0)})}
+        for c in cases]}
+    report = vectors.compare(committed, bad, present=True)
+    assert len(report) == len(cases) and not any(r["passed"] for r in report)
+
+
+def test_a_float32_port_passes_the_float32_tier_only(committed):
+    """The fixed-step trajectories computed wholly in float32 pass ``tier='float32'``, and
+    fail the float64 tier (so the tiers are each needed)."""
+    cases = [c for c in committed["cases"] if c["kind"] == "fixed_step"]
+    got = {"schema_version": 1, "cases": [{"id": c["id"], "outputs": {
+        "x_t": _own_fixed_step(c["inputs"], dtype=np.float32).astype(np.float64).tolist()}} for c in cases]}
+    f32 = vectors.compare(committed, got, kinds=("fixed_step",), tier="float32")
+    f64 = vectors.compare(committed, got, kinds=("fixed_step",))
+    assert all(r["passed"] for r in f32) and max(r["ratio"] for r in f32) < 0.1
+    assert not any(r["passed"] for r in f64)
+
+
+def test_cnf_tolerance_admits_a_solver_that_interpolates_its_final_value(committed):
+    """Dormand-Prince 5(4) at rtol = atol = 1e-9 whose value at t = 0 comes from its dense
+    output after stepping past it (as torchdiffeq's dopri5 returns it) errs ~10x more than
+    with its last step ending at t = 0, and still passes the cnf_log_prob tolerance (EVAL.6)."""
+    from fm_ref.divergence import MLPTrace
+
+    for case in (c for c in committed["cases"] if c["kind"] == "cnf_log_prob"):
+        inp = case["inputs"]
+        field = MLPTrace(vectors.make_mlp(inp["mlp"]), vectors.params_from_json(inp["params"]))
+        x = np.asarray(inp["x"])
+        n, d = x.shape
+
+        def rhs(t, y):
+            v, div = field(y[:n * d].reshape(n, d), t)
+            return np.concatenate([np.reshape(v, -1), div])
+
+        def log_p(y):
+            return multivariate_normal(np.zeros(d)).logpdf(y[:n * d].reshape(n, d)).reshape(n) + y[n * d:]
+
+        y0, tol = np.concatenate([x.ravel(), np.zeros(n)]), 1e-9
+        clipped = solve_ivp(rhs, (1.0, 0.0), y0, method="RK45", rtol=tol, atol=tol).y[:, -1]
+        past = solve_ivp(rhs, (1.0, -1.0), y0, method="RK45", rtol=tol, atol=tol, dense_output=True).sol(0.0)
+        ref = np.asarray(case["outputs"]["log_prob"])
+        scale = case["tolerance"]["abs"] + case["tolerance"]["rel"] * np.abs(ref)
+        err_clipped, err_past = np.max(np.abs(log_p(clipped) - ref)), np.max(np.abs(log_p(past) - ref))
+        assert err_past > 5 * err_clipped  # measured 4.7e-9 vs 4.1e-10 and 2.4e-8 vs 6.5e-10
+        assert np.max(np.abs(log_p(past) - ref) / scale) < 0.5  # measured 0.04 and 0.19
 
 
 @pytest.mark.parametrize("index", [0, 7, 20, -1])
@@ -381,7 +544,8 @@ def test_readme_example_passes_fm_ref_check(tmp_path, capsys, monkeypatch):
     commands = re.search(r"```bash\n(fm-ref vectors --out vectors\.json\n.*?)```", text, re.S).group(1).splitlines()
     assert commands[1] == "python my_check.py"
     monkeypatch.chdir(tmp_path)
-    assert cli.main(commands[0].split()[1:] + ["--kind", "path_schedule", "--kind", "conditional_path"]) == 0
+    assert commands[0] == "fm-ref vectors --out vectors.json"
+    (tmp_path / "vectors.json").write_bytes(COMMITTED.read_bytes())  # what that command writes (every kind)
     exec(compile(code, "my_check.py", "exec"), {"__name__": "__main__"})
     assert cli.main(commands[2].split()[1:]) == 0
     assert "12/12 cases within tolerance" in capsys.readouterr().out

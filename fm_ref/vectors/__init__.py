@@ -9,7 +9,8 @@ Schema (version 1), one JSON object::
      "cases": [{"id": str, "kind": str, "description": str,
                 "inputs": {name: number | nested list | str | dict},
                 "outputs": {name: number | nested list},
-                "tolerance": {"abs": float, "rel": float, "reason": str}}, ...]}
+                "tolerance": {"abs": float, "rel": float, "reason": str},
+                "tolerance_float32": {...}}, ...]}        # the float32 tier (tiers.py)
 
 Arrays are nested lists, batch first, float64 written with Python's shortest
 round-trip ``repr`` so that they read back bit for bit. A results file has the same
@@ -22,7 +23,9 @@ The cases themselves (inputs, reference outputs, tolerances) are built in
 
 Derivation: derivations/08-evaluation.md (EVAL.5) (EVAL.6)
 """
+import fnmatch
 import json
+import math
 
 import numpy as np
 
@@ -31,9 +34,10 @@ from .._io import atomic_write_text
 from .schema import check_reference, check_structure, number_array, read_json, worse
 from .cases import (BUILDERS, KINDS, layer_params_from_json, make_layer, make_mlp, make_path,
                            params_from_json)
+from .tiers import FLOAT32_TOLERANCES
 
 __all__ = ["SCHEMA_VERSION", "KINDS", "generate", "write_vectors", "load_json", "compare",
-           "case_arrays", "dumps", "make_path", "make_mlp", "params_from_json", "make_layer",
+           "case_arrays", "dumps", "select_cases", "TIERS", "make_path", "make_mlp", "params_from_json", "make_layer",
            "layer_params_from_json"]
 
 SCHEMA_VERSION = 1
@@ -100,6 +104,7 @@ def generate(kinds=None, log=None):
             log(f"  {kind}: {len(new)} cases")
         cases.extend(new)
     for case in cases:
+        case.setdefault("tolerance_float32", FLOAT32_TOLERANCES[case["kind"]])  # --tier float32
         case["inputs"] = _tolist(case["inputs"])
         case["outputs"] = _tolist(case["outputs"])
     return {"schema_version": SCHEMA_VERSION, "generator": f"fm_ref {__version__}",
@@ -157,7 +162,34 @@ def _case_errors(ref, got, tol):
     return float(np.max(diff)), rel, float(np.max(ratio))
 
 
-def compare(vectors, results, kinds=None):
+#: Tolerance tiers: the key of a case's tolerance for each (see derivations/08-evaluation.md).
+TIERS = {"float64": "tolerance", "float32": "tolerance_float32"}
+
+
+def select_cases(vectors, kinds=None, ids=None, outputs=None):
+    """The reference cases chosen by kind, id pattern and output name (each None: all).
+
+    ``ids`` are shell-style patterns (``fnmatch``: ``marginal/mix1d/*``) matched against
+    case ids; with ``outputs``, a case is chosen when its reference has one of those
+    outputs. A selector that matches no reference case raises ``ValueError`` naming it.
+    """
+    cases = list(vectors["cases"])
+    if kinds is not None:
+        cases = [c for c in cases if c.get("kind") in kinds]
+        if not cases:
+            raise ValueError(f"kinds: no reference case has a kind in {sorted(kinds)}")
+    for flag, wanted, hit in (("--id", ids, lambda c, w: fnmatch.fnmatchcase(c["id"], w)),
+                              ("--output", outputs, lambda c, w: w in c["outputs"])):
+        if wanted is None:
+            continue
+        for w in wanted:
+            if not any(hit(c, w) for c in cases):
+                raise ValueError(f"{flag}: no selected reference case matches {w!r}")
+        cases = [c for c in cases if any(hit(c, w) for w in wanted)]
+    return cases
+
+
+def compare(vectors, results, kinds=None, ids=None, outputs=None, present=False, tier="float64"):
     """Compare results with reference vectors, case by case.
 
     Parameters
@@ -168,41 +200,82 @@ def compare(vectors, results, kinds=None):
         finite and ≥ 0), so a corrupted reference cannot make a wrong result pass.
     kinds : iterable of str, optional
         Check only cases of these kinds (the results need hold only those).
+    ids : iterable of str, optional
+        Check only cases whose id matches one of these ``fnmatch`` patterns.
+    outputs : iterable of str, optional
+        Check only these outputs (and only cases that have one of them).
+    present : bool
+        False (strict, the default): every selected case and output must be in the
+        results. True (partial): check exactly what the results hold among the selected
+        cases and outputs; the rest is skipped. Either way nothing checkable is an error.
+    tier : {'float64', 'float32'}
+        Which tolerance to apply: each case's ``tolerance`` or ``tolerance_float32``.
 
     Returns
     -------
     list of dict, one per checked case: id, kind, max_abs, max_rel, ratio (worst error in
-    units of the tolerance), tolerance, passed. A case passes only if its ratio is ≤ 1
-    (a NaN is never dropped: it fails).
+    units of the tolerance), abs, rel, passed, checked (output names compared) and
+    skipped (selected outputs absent from the results, in partial mode). A case passes
+    only if its ratio is ≤ 1 (a NaN is never dropped: it fails).
 
-    Raises ``ValueError`` for a malformed reference, or an incomplete or malformed results
-    file (a missing case or output, a wrong shape, non-finite values, non-numbers), naming
-    the place, e.g. ``RESULTS: cases[4].outputs.x_t``.
+    Raises ``ValueError`` for a malformed reference, an incomplete (in strict mode) or
+    malformed results file (a missing case or output, a wrong shape, non-finite values,
+    non-numbers), naming the place, e.g. ``RESULTS: cases[4].outputs.x_t``, or nothing to
+    check.
     """
+    if tier not in TIERS:
+        raise ValueError(f"tier: expected one of {sorted(TIERS)}, got {tier!r}")
     ref_arrays = check_reference(vectors, "VECTORS", SCHEMA_VERSION)
     check_structure(results, "RESULTS", SCHEMA_VERSION)
     got_by_id = {c["id"]: (j, c) for j, c in enumerate(results["cases"])}
-    ref_cases = [c for c in vectors["cases"] if kinds is None or c["kind"] in kinds]
-    if not ref_cases:
-        raise ValueError(f"kinds: no reference case has a kind in {sorted(kinds)}")
+    ref_cases = select_cases(vectors, kinds, ids, outputs)
     missing = [c["id"] for c in ref_cases if c["id"] not in got_by_id]
-    if missing:
+    if missing and not present:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ValueError(f"RESULTS: incomplete, {len(missing)} case(s) missing: "
-                         f"{', '.join(missing[:5])}{more} (use --kind to check only some kinds)")
+                         f"{', '.join(missing[:5])}{more} (use --kind or --id to select cases, "
+                         "or --present to check only what RESULTS holds)")
     report = []
     for case in ref_cases:
         cid = case["id"]
-        tol = {k: float(case["tolerance"][k]) for k in ("abs", "rel")}
+        if cid not in got_by_id:
+            continue
+        tol = _tier_tolerance(case, tier)
         j, got_case = got_by_id[cid]
+        names = [k for k in ref_arrays[cid] if outputs is None or k in outputs]
+        absent = [k for k in names if k not in got_case["outputs"]]
+        if absent and not present:
+            raise ValueError(f"RESULTS: case {cid!r} lacks the output '{absent[0]}'")
+        checked = [k for k in names if k in got_case["outputs"]]
+        if not checked:
+            continue
         worst = (0.0, 0.0, 0.0)
-        for name, r in ref_arrays[cid].items():
-            if name not in got_case["outputs"]:
-                raise ValueError(f"RESULTS: case {cid!r} lacks the output '{name}'")
+        for name in checked:
+            r = ref_arrays[cid][name]
             g = number_array(got_case["outputs"][name], f"RESULTS: cases[{j}].outputs.{name} (id {cid!r})")
             if g.shape != r.shape:
                 raise ValueError(f"RESULTS: case {cid!r} output '{name}' expected shape {r.shape}, got {g.shape}")
             worst = tuple(worse(a, b) for a, b in zip(worst, _case_errors(r, g, tol)))
         report.append({"id": cid, "kind": case["kind"], "max_abs": worst[0], "max_rel": worst[1],
-                       "ratio": worst[2], "abs": tol["abs"], "rel": tol["rel"], "passed": bool(worst[2] <= 1.0)})
+                       "ratio": worst[2], "abs": tol["abs"], "rel": tol["rel"], "passed": bool(worst[2] <= 1.0),
+                       "checked": checked, "skipped": absent})
+    if not report:
+        raise ValueError("RESULTS: nothing to check: no selected reference case has an output in RESULTS")
     return report
+
+
+def _tier_tolerance(case, tier):
+    """The case's tolerance of this tier as {'abs', 'rel'} floats, validated like the float64 one."""
+    key = TIERS[tier]
+    tol = case.get(key)
+    if not isinstance(tol, dict):
+        raise ValueError(f"VECTORS: case {case['id']!r} has no '{key}' (needed by --tier {tier})")
+    out = {}
+    for k in ("abs", "rel"):
+        v = tol.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                or (k == "rel" and v >= 1.0):
+            raise ValueError(f"VECTORS: case {case['id']!r} {key}.{k}: expected a finite number >= 0"
+                             f"{' and < 1' if k == 'rel' else ''}, got {v!r}")
+        out[k] = float(v)
+    return out
