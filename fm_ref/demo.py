@@ -40,7 +40,6 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
 
 __all__ = ["DEFAULTS", "QUICK", "SCHEDULES", "Row", "ROWS", "register", "cnf_model", "flow_model", "scaled",
            "train_model", "evaluate_model", "run_demo"]
