@@ -53,7 +53,7 @@ def _default_single_threaded_blas():
 _default_single_threaded_blas()
 
 #: The groups of theorem checks in ``fm_ref.verify``.
-VERIFY_GROUPS = ("foundation", "cnf", "flows")
+VERIFY_GROUPS = ("foundation", "cnf", "flows", "diffusion", "couplings")
 
 
 class UsageError(Exception):

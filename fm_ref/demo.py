@@ -262,6 +262,27 @@ register(Row("cfm-condot", "CFM CondOT", "CFM", _train_cfm("CondOT"), _mlp_cnf((
 register(Row("cfm-cosine", "CFM Cosine", "CFM", _train_cfm("Cosine"), _mlp_cnf((64, 64)), scaled(1.0),
              "conditional flow matching, MLP 2->64->64->2, batch 256"))
 
+from .couplings.demo_rows import register_rows  # noqa: E402  (I-CFM, OT-CFM, SB-CFM; derivations/10-couplings.md)
+
+register_rows()
+
+
+def _train_ddpm(data, steps, rng, callback):
+    from .diffusion.experiment import train_eps_vp
+
+    return train_eps_vp(data, steps, rng, callback=callback)[1:]
+
+
+def _evaluate_ddpm(params):
+    from .diffusion.experiment import EpsVPModel
+
+    return EpsVPModel(params, tol=DEFAULTS["eval_tol"])
+
+
+register(Row("ddpm-vp", "DDPM eps (VP)", "Diffusion", _train_ddpm, _evaluate_ddpm, scaled(1.0),
+             "eps-prediction (DDPM's loss) on VP to t = 0.999, MLP 2->64->64->2, batch 256; NLL by the "
+             "probability-flow ODE, samples by the reverse SDE (500 Euler-Maruyama steps)"))
+
 
 # ----------------------------------------------------------------------------- train and evaluate
 
@@ -377,6 +398,8 @@ def evaluate_model(job, test, seed, figure=None, true_log_p=None):
            "final_train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
            "nll": nll, "nll_se": se, "gap": gap[0], "gap_se": gap[1], "nll_nfe": nll_nfe,
            "w2": wasserstein2(samples, test), "sample_nfe": sample_nfe, "samples": samples}
+    if hasattr(model, "metrics"):  # rows with more measurements (the coupling rows: straightness, Euler W2)
+        rec.update(model.metrics(test, rng))
     if figure is not None:
         lim, grid, n_traj = figure
         axis = np.linspace(-lim, lim, grid)

@@ -112,6 +112,9 @@ def run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, qu
         gap = f"   gap {r['gap']:+.3f} ± {r['gap_se']:.3f}" if r["gap"] is not None else ""
         log(f"  {r['name']:<20s} NLL {r['nll']:6.3f} ± {r['nll_se']:.3f}{gap}   W2 {r['w2']:.3f}   "
             f"NFE {r['sample_nfe'] or '-'}   ({r['eval_seconds']:.1f} s)")
+        if "straightness" in r:
+            log(f"  {'':<20s} straightness {r['straightness']:.4f} (of {r['path_energy']:.3f})   W2 after Euler "
+                + ", ".join(f"{k[9:]} steps {v:.3f}" for k, v in r.items() if k.startswith("w2_euler_")))
     records = [{k: v for k, v in r.items() if k not in ("samples", "density", "paths")} for r in evals]
     cost = {"rows": {k: {"name": c["name"], "family": c["family"],
                          "curve": [{k2: v for k2, v in p.items() if k2 != "params"} for p in c["curve"]]}

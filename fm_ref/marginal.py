@@ -53,12 +53,17 @@ def _cube(v):
     return np.reshape(v, (-1, 1, 1)) if np.ndim(v) else v
 
 
+def _responsibilities(log_joint):
+    """log p = logsumexp_k log_joint, shape (n,), and the posterior weights r_k, shape (n, k)."""
+    log_p = logsumexp(log_joint, axis=1)
+    return log_p, np.exp(log_joint - log_p[:, None])
+
+
 def _terms(target, path, x, t):
     """Responsibilities (n, k) and the per-component terms at (x, t)."""
     alpha, sigma = path._alpha(t), path._sigma(t)
     log_joint, prec_diff, cov_prec_diff = target.component_terms(x, alpha, sigma)
-    log_p = logsumexp(log_joint, axis=1)
-    resp = np.exp(log_joint - log_p[:, None])
+    log_p, resp = _responsibilities(log_joint)
     return log_p, resp, prec_diff, cov_prec_diff, alpha, sigma
 
 

@@ -30,8 +30,9 @@ from ._validate import as_finite_float, as_points, as_time, check_same_shape, fi
 __all__ = ["AffinePath", "CondOT", "VP", "LinearVP", "Cosine", "Polynomial", "PATHS", "KINDS"]
 
 LOG_2PI = float(onp.log(2.0 * onp.pi))
-#: The four quantities a model may predict, and ``AffinePath.convert`` translates between.
-KINDS = ("velocity", "x1", "eps", "score")
+#: The quantities a model may predict, and ``AffinePath.convert`` translates between:
+#: velocity, x₁, ε (= x₀), score, and the "v" of Salimans & Ho (2022), v = α_t x̂₀ − σ_t x̂₁.
+KINDS = ("velocity", "x1", "eps", "score", "v")
 
 
 def _col(t):
@@ -165,19 +166,21 @@ class AffinePath:
 
     # --- conversions between parameterisations ---------------------------------
     def convert(self, value, x, t, frm, to):
-        """Translate a prediction at (x, t) between velocity, x₁, ε (= x₀) and score.
+        """Translate a prediction at (x, t) between velocity, x₁, ε (= x₀), score and "v".
 
         A model's output is read as one of ``KINDS``: the velocity v, the clean-data
         estimate x̂₁ = E[x₁|x_t], the noise estimate x̂₀ = E[x₀|x_t] (ε-prediction), or
-        the score ∇ log p_t. Each pins the pair (x̂₀, x̂₁) with x = σ_t x̂₀ + α_t x̂₁, and
-        from the pair every other kind follows (derivations/05-conversions.md (CONV.1)
-        to (CONV.4)).
+        the score ∇ log p_t, or Salimans & Ho's v = α_t x̂₀ − σ_t x̂₁ (on a path with
+        α² + σ² = 1, the angular velocity dx/dφ, φ = arctan(σ_t/α_t)). Each pins the pair
+        (x̂₀, x̂₁) with x = σ_t x̂₀ + α_t x̂₁, and from the pair every other kind follows
+        (derivations/05-conversions.md (CONV.1) to (CONV.4);
+        derivations/09-diffusion.md (DIF.1) for "v", defined for every t since α² + σ² > 0).
 
         Parameters
         ----------
         value, x : array, shape (n, d)
         t : float or array, shape (n,)
-        frm, to : one of 'velocity', 'x1', 'eps', 'score'
+        frm, to : one of 'velocity', 'x1', 'eps', 'score', 'v'
 
         Returns
         -------
@@ -217,6 +220,8 @@ class AffinePath:
         if to == "score":
             _require_nonzero(sigma, "σ_t (the score is −x̂₀/σ_t)", t)
             return -x0_hat() / _col(sigma)
+        if to == "v":  # (DIF.1)
+            return _col(alpha) * x0_hat() - _col(sigma) * x1_hat()
         return _col(self._d_alpha(t)) * x1_hat() + _col(self._d_sigma(t)) * x0_hat()
 
     def _gap(self, t):
@@ -226,6 +231,8 @@ class AffinePath:
     def _x0_from(self, value, x, t, frm, alpha, sigma):
         if frm == "eps":
             return value
+        if frm == "v":  # (DIF.1): x̂₀ = (σ_t x + α_t v)/(α_t² + σ_t²)
+            return (_col(sigma) * x + _col(alpha) * value) / _col(alpha**2 + sigma**2)
         if frm == "score":  # (CONV.3)
             return -_col(sigma) * value
         if frm == "x1":  # (CONV.2)
@@ -238,6 +245,8 @@ class AffinePath:
     def _x1_from(self, value, x, t, frm, alpha, sigma):
         if frm == "x1":
             return value
+        if frm == "v":  # (DIF.1): x̂₁ = (α_t x − σ_t v)/(α_t² + σ_t²)
+            return (_col(alpha) * x - _col(sigma) * value) / _col(alpha**2 + sigma**2)
         if frm == "velocity":  # (CONV.4)
             gap = self._gap(t)
             _require_nonzero(gap, "D_t = α'σ − ασ'", t)

@@ -151,7 +151,7 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
 
 
 def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, callback=None,
-              t_min=0.0, t_max=1.0, workers=1):
+              t_min=0.0, t_max=1.0, coupling=None, workers=1):
     """Train v_θ by conditional flow matching: Adam on mini-batch L_CFM.
 
     Each step draws t ~ U[t_min, t_max), x₀ ~ N(0, I) and x₁ from ``data`` (rows drawn
@@ -172,6 +172,10 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
     callback : callable(step, loss, params), optional
     t_min, t_max : float, the time range (use t_max < 1 for VP and LinearVP, whose
         σ'_t² is not integrable at t = 1: derivations/04-flow-matching.md (FM.7))
+    coupling : callable(x_0, x_1, rng) -> (x_0, x_1), optional
+        Re-pairs each batch (``fm_ref.couplings.plans``: exact OT, entropic); with a
+        pair-conditioned ``path`` (``fm_ref.couplings.paths.PairPath``) the target is
+        u_t(x_t | x₀, x₁) instead: derivations/10-couplings.md (CPL.3)
     workers : int, threads that share each step's batch (``fm_ref._split_grad.SplitGrad``);
         the same batches, and the same result to rounding
 
@@ -185,11 +189,14 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
     from .nn import MLP
     from .paths import AffinePath
     from ._validate import as_points
+    from .couplings.paths import PairPath
 
     if not isinstance(mlp, MLP):
         raise TypeError(f"mlp: expected an fm_ref.nn.MLP, got {type(mlp).__name__}")
-    if not isinstance(path, AffinePath):
-        raise TypeError(f"path: expected an AffinePath, got {type(path).__name__}")
+    if not isinstance(path, (AffinePath, PairPath)):
+        raise TypeError(f"path: expected an AffinePath or a PairPath, got {type(path).__name__}")
+    if coupling is not None and not callable(coupling):
+        raise TypeError(f"coupling: expected a callable coupling(x_0, x_1, rng), got {type(coupling).__name__}")
     rng = as_generator(rng)
     batch = as_positive_int(batch, "batch")
     if hasattr(data, "sample"):
@@ -211,16 +218,24 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
         sq_error_and_grad = mlp._sq_error_and_grad
 
     sample_training_batch(source, 1, onp.random.default_rng(0), t_min, t_max)  # validates the range
-    try:
-        conditional_target(path, onp.array([t_min, t_max]), onp.zeros((2, mlp.dim)), onp.zeros((2, mlp.dim)))
-    except ValueError as exc:
-        raise ValueError(f"t_max: {exc}") from None
+    if isinstance(path, PairPath):
+        path.check_time_range(t_min, t_max)
+    else:
+        try:
+            conditional_target(path, onp.array([t_min, t_max]), onp.zeros((2, mlp.dim)), onp.zeros((2, mlp.dim)))
+        except ValueError as exc:
+            raise ValueError(f"t_max: {exc}") from None
 
     def loss_and_grad(p, step):
         # (PATH.1), (PATH.4) on validated inputs, without re-validating every step
         t = t_min + (t_max - t_min) * rng.uniform(size=batch)
         x_0 = rng.standard_normal((batch, mlp.dim))
         x_1 = source.sample(batch, rng)
+        if coupling is not None:  # (CPL.4) to (CPL.8)
+            x_0, x_1 = coupling(x_0, x_1, rng)
+        if isinstance(path, PairPath):  # (CPL.3)
+            x_t, u_t = path._target(t, x_0, x_1, rng)
+            return sq_error_and_grad(p, x_t, t, u_t)
         tc = t[:, None]
         x_t = path._sigma(tc) * x_0 + path._alpha(tc) * x_1
         u_t = path._d_sigma(tc) * x_0 + path._d_alpha(tc) * x_1

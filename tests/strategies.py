@@ -297,3 +297,56 @@ def json_mutations(draw, payload):
     if draw(st.integers(0, 9)) == 0:
         text = text.replace('"schema_version": 1', '"schema_version": 1, "schema_version": 1', 1)
     return text
+
+
+# ---- diffusion (the parameterisations a model may predict)
+
+#: The five kinds of AffinePath.convert and fm_ref.diffusion.
+diffusion_kinds = st.sampled_from(("velocity", "x1", "eps", "score", "v"))
+
+
+# ---- couplings (pair-conditioned paths, plans, Gaussian fields, schedule change)
+
+
+@st.composite
+def point_sets(draw, n=None, m=None, d=None, weights=False, max_n=6):
+    """(x_0, x_1, a, b): two small point sets (x_1 shifted), from an explicit seed; a, b are
+    random positive weights summing to 1 if ``weights``, else None (uniform)."""
+    rng = np.random.default_rng(draw(seeds))
+    n = draw(st.integers(1, max_n)) if n is None else n
+    m = draw(st.integers(1, max_n)) if m is None else m
+    d = draw(dims) if d is None else d
+    x_0 = rng.normal(0.0, 1.0, (n, d))
+    x_1 = rng.normal(0.0, draw(st.sampled_from([0.5, 1.0, 2.0])), (m, d)) + draw(st.sampled_from([0.0, 1.0, 3.0]))
+    if not weights:
+        return x_0, x_1, None, None
+    a, b = rng.uniform(0.1, 1.0, n), rng.uniform(0.1, 1.0, m)
+    return x_0, x_1, a / a.sum(), b / b.sum()
+
+
+@st.composite
+def pair_paths(draw, positive=True):
+    """ConstantSigma or BrownianBridge, σ > 0 (or σ ≥ 0 when not ``positive``)."""
+    from fm_ref.couplings import BrownianBridge, ConstantSigma
+
+    anchors = [0.1, 0.5, 1.0] if positive else [0.0, 0.1, 0.5, 1.0]
+    sigma = draw(st.one_of(st.sampled_from(anchors), st.floats(0.05, 1.5)))
+    return draw(st.sampled_from([ConstantSigma, BrownianBridge]))(sigma)
+
+
+@st.composite
+def gaussian_pairs(draw, d=None):
+    """(m0, S0, m1, S1): two Gaussians with well-conditioned covariances (eigenvalues ≥ 0.1)."""
+    d = draw(dims) if d is None else d
+    rng = np.random.default_rng(draw(seeds))
+    A, B = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    return (rng.normal(size=d), A @ A.T / d + 0.1 * np.eye(d), rng.normal(0.0, 2.0, d),
+            B @ B.T / d + 0.1 * np.eye(d))
+
+
+#: The six affine paths of the schedule-change checks.
+def six_paths():
+    return [CondOT(0.0), CondOT(0.01), VP(), LinearVP(), Cosine(), Polynomial(2.0)]
+
+
+path_pairs = st.tuples(st.sampled_from(six_paths()), st.sampled_from(six_paths()))

@@ -206,10 +206,13 @@ def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch, few_ch
     assert code == 0
     assert "figures will be skipped" in out and "held-out vs held-out (floor)" in out
     res = json.loads((tmp_path / "results.json").read_text())
-    assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM"]
-    assert res["budget"] == {"nf": 4, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10}
+    assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM", "CFM", "CFM", "CFM", "Diffusion"]
+    assert res["budget"] == {"nf": 4, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "i-cfm": 10, "ot-cfm": 10,
+                             "sb-cfm": 10, "ddpm-vp": 10}
     for m in res["models"]:
         assert np.isfinite(m["nll"]) and m["w2"] > 0 and m["train_seconds"] > 0
+    for m in res["models"][4:7]:  # the coupling rows (derivations/10-couplings.md (CPL.17))
+        assert m["straightness"] >= -1e-4 * m["path_energy"] and all(m[f"w2_euler_{k}"] > 0 for k in (2, 4, 8))
     assert res["figures"] == {} and not (tmp_path / "demo.png").exists()
 
 

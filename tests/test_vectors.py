@@ -125,6 +125,8 @@ def _own_mixture_log_prob(x, t, target, a, s):
 def _own_outputs(case):
     """A second implementation of every kind, as a user of the vectors would write it."""
     kind, inp = case["kind"], case["inputs"]
+    if kind in _OWN_COUPLINGS:  # derivations/10-couplings.md, implemented again at the end of this file
+        return _OWN_COUPLINGS[kind](inp)
     if kind == "path_schedule":
         return dict(zip(("alpha_t", "sigma_t", "d_alpha_t", "d_sigma_t"), _own_schedule(inp)))
     if kind == "conditional_path":
@@ -163,6 +165,8 @@ def _own_outputs(case):
         z_inv = _newton_inverse(f, x)
         return {"forward_x": np.stack([f(zi) for zi in z]), "forward_log_det": _slogdets(f, z),
                 "inverse_z": z_inv, "inverse_log_det": -_slogdets(f, z_inv)}
+    if kind in DIFFUSION_KINDS:
+        return _own_diffusion(kind, inp)
     if kind == "flow_map":
         return _own_flow_map(inp)
     if kind == "fixed_step":
@@ -189,6 +193,49 @@ def _own_outputs(case):
         x_0, ell = sol.y[:n * d, -1].reshape(n, d), sol.y[n * d:, -1]
         return {"log_prob": multivariate_normal(np.zeros(d)).logpdf(x_0).reshape(n) + ell, "x_0": x_0}
     raise AssertionError(f"no second implementation for {kind}")
+
+
+DIFFUSION_KINDS = ("diffusion_loss", "sde_drift", "ddim_step", "ddpm_step")
+
+
+def _own_diffusion(kind, inp):
+    """The diffusion kinds from their definitions (derivations/09-diffusion.md), without fm_ref."""
+    a, s = _schedules(inp["path"]["name"], inp["path"]["params"])
+    if kind == "diffusion_loss":
+        al, si, da, ds = (v[:, None] for v in _own_schedule(inp))
+        x_0, x_1 = np.asarray(inp["x_0"]), np.asarray(inp["x_1"])
+        x_t = si * x_0 + al * x_1
+        targets = {"velocity": da * x_1 + ds * x_0, "x1": x_1, "eps": x_0,
+                   "score": -(x_t - al * x_1) / si**2, "v": al * x_0 - si * x_1}
+        # a model error (δ₀, δ₁) must keep x = σx̂₀ + αx̂₁, so (δ₀, δ₁) ∝ (−α, σ); each kind's
+        # error is a multiple of that vector, and the weight is (velocity's multiple / kind's)²
+        factor = {"velocity": da * si - ds * al, "x1": si, "eps": -al, "score": al / si, "v": -(al**2 + si**2)}
+        out = {"x_t": x_t}
+        for k, y in targets.items():
+            out[f"target_{k}"] = y
+            out[f"sq_error_{k}"] = np.sum((np.asarray(inp["predictions"][k]) - y) ** 2, axis=1)
+            out[f"cfm_weight_{k}"] = ((factor["velocity"] / factor[k]) ** 2)[:, 0]
+        return out
+    if kind == "sde_drift":
+        x, t = np.asarray(inp["x"]), np.asarray(inp["t"])
+        score = grad(lambda z: anp.sum(_own_mixture_log_prob(z, t, inp["target"], a, s)))(x)
+        al, si = a(t)[:, None], s(t)[:, None]
+        da, ds = elementwise_grad(a)(t)[:, None], elementwise_grad(s)(t)[:, None]
+        x0_hat = -si * score
+        u = da * (x - si * x0_hat) / al + ds * x0_hat
+        g2 = (-elementwise_grad(lambda u_: s(u_) ** 2)(t) + 2.0 * elementwise_grad(a)(t) / a(t) * s(t) ** 2)
+        return {"drift_g0": u, "drift_g1": u + 0.5 * score, "drift_reverse": u + 0.5 * g2[:, None] * score,
+                "g2_reverse": g2}
+    s_, t_ = inp["s"], inp["t"]
+    if kind == "ddim_step":
+        return {"x_t": a(t_) * np.asarray(inp["x1_hat"]) + s(t_) * np.asarray(inp["x0_hat"])}
+    # ddpm_step: (x_s, x_t) | x₁ jointly Gaussian, Cov = [[σ_s², aσ_t²], [aσ_t², σ_t²]]; condition on x_s
+    ka = a(s_) / a(t_)
+    cov_st = ka * s(t_) ** 2
+    gain = cov_st / s(s_) ** 2
+    x_s, x1 = np.asarray(inp["x_s"]), np.asarray(inp["x1_hat"])
+    return {"mean": a(t_) * x1 + gain * (x_s - a(s_) * x1), "var": s(t_) ** 2 - gain * cov_st,
+            "kernel_a": ka, "kernel_var": s(s_) ** 2 - ka**2 * s(t_) ** 2}
 
 
 _OWN_ACT = {"tanh": anp.tanh, "softplus": lambda a: anp.logaddexp(0.0, a),
@@ -464,6 +511,25 @@ def test_cnf_tolerance_admits_a_solver_that_interpolates_its_final_value(committ
         assert np.max(np.abs(log_p(past) - ref) / scale) < 0.5  # measured 0.04 and 0.19
 
 
+def test_a_wrong_diffusion_rule_fails(committed, own_results):
+    """The drift without its ½, the ε weight D²/σ² (the x1 one) and DDPM's mean without its
+    data term must each fail every case of their kind."""
+    bad = copy.deepcopy(own_results)
+    by_id = {c["id"]: c for c in committed["cases"]}
+    for case in bad["cases"]:
+        kind, out = by_id[case["id"]]["kind"], case["outputs"]
+        if kind == "sde_drift":
+            out["drift_g1"] = (2 * np.asarray(out["drift_g1"]) - np.asarray(out["drift_g0"])).tolist()
+        elif kind == "diffusion_loss":
+            out["cfm_weight_eps"] = out["cfm_weight_x1"]
+        elif kind == "ddpm_step":
+            inp = by_id[case["id"]]["inputs"]
+            a, _ = _schedules(inp["path"]["name"], inp["path"]["params"])
+            out["mean"] = (np.asarray(out["mean"]) - a(inp["t"]) * np.asarray(inp["x1_hat"])).tolist()
+    report = vectors.compare(committed, bad, kinds=("sde_drift", "diffusion_loss", "ddpm_step"))
+    assert not any(r["passed"] for r in report)
+
+
 @pytest.mark.parametrize("index", [0, 7, 20, -1])
 def test_a_corrupted_value_fails_only_its_case(committed, index):
     bad = copy.deepcopy(committed)
@@ -549,3 +615,107 @@ def test_readme_example_passes_fm_ref_check(tmp_path, capsys, monkeypatch):
     exec(compile(code, "my_check.py", "exec"), {"__name__": "__main__"})
     assert cli.main(commands[2].split()[1:]) == 0
     assert "12/12 cases within tolerance" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------- couplings, again
+
+def _own_ot_permutation(inp):
+    """Every permutation enumerated (n ≤ 7), the cheapest kept."""
+    import itertools
+
+    x_0, x_1 = np.asarray(inp["x_0"]), np.asarray(inp["x_1"])
+    n = len(x_0)
+    C = ((x_0[:, None, :] - x_1[None, :, :]) ** 2).sum(-1)
+    best = min(itertools.permutations(range(n)), key=lambda p: C[np.arange(n), list(p)].sum())
+    return {"perm": np.array(best, dtype=float), "cost": C[np.arange(n), list(best)].sum() / n}
+
+
+def _own_entropic_plan(inp):
+    """Sinkhorn's matrix scaling in the plain domain (e^{−C/ε} does not underflow here)."""
+    x_0, x_1, a, b = (np.asarray(inp[k]) for k in ("x_0", "x_1", "a", "b"))
+    eps = 2 * inp["sigma"] ** 2  # the bridge's ε (CPL.8), from σ, not from the stored epsilon
+    C = ((x_0[:, None, :] - x_1[None, :, :]) ** 2).sum(-1)
+    G = a[:, None] * b[None, :] * np.exp(-C / eps)
+    u, v = np.ones(len(a)), np.ones(len(b))
+    for _ in range(100_000):
+        u = a / (G @ v)
+        v = b / (G.T @ u)
+        plan = u[:, None] * G * v[None, :]
+        if np.max(np.abs(plan.sum(1) - a)) <= 1e-16:
+            break
+    return {"plan": plan, "objective": np.sum(plan * C) + eps * np.sum(plan * np.log(plan / np.outer(a, b)))}
+
+
+def _own_pair_path(inp):
+    """x_t from its definition; u_t at x_t by autograd in t; at free x by d/dt log σ_t."""
+    sigma, bridge = inp["path"]["sigma"], inp["path"]["name"] == "bridge"
+    t, x_0, x_1, eps, x = (np.asarray(inp[k]) for k in ("t", "x_0", "x_1", "eps", "x"))
+    sig = (lambda s: sigma * anp.sqrt(s * (1.0 - s))) if bridge else (lambda s: sigma + 0.0 * s)  # noqa: E731
+
+    def path(s, k):
+        return (1 - s) * x_0[:, k] + s * x_1[:, k] + sig(s) * eps[:, k]
+
+    d_dt = np.stack([elementwise_grad(path)(t, k) for k in range(x_0.shape[1])], axis=1)
+    ratio = elementwise_grad(lambda s: anp.log(sig(s)))(t) if bridge else 0.0 * t
+    mu = (1 - t)[:, None] * x_0 + t[:, None] * x_1
+    return {"x_t": np.stack([path(t, k) for k in range(x_0.shape[1])], axis=1), "u_t_at_x_t": d_dt,
+            "u_t_at_x": (x_1 - x_0) + ratio[:, None] * (x - mu)}
+
+
+def _own_gaussian_ot_field(inp):
+    """A by scipy's sqrtm; u_t(x) = T(x₀) − x₀ at the x₀ the displacement maps to x."""
+    from scipy.linalg import sqrtm
+
+    m0, S0, m1, S1, t, x = (np.asarray(inp[k]) for k in ("m0", "S0", "m1", "S1", "t", "x"))
+    d = len(m0)
+    r = np.real(sqrtm(S0))
+    r_inv = np.linalg.inv(r)
+    A = r_inv @ np.real(sqrtm(r @ S1 @ r)) @ r_inv
+    v = []
+    for ti, xi in zip(t, x):
+        x0 = m0 + np.linalg.solve((1 - ti) * np.eye(d) + ti * A, xi - (1 - ti) * m0 - ti * m1)
+        v.append(m1 + A @ (x0 - m0) - x0)
+    w2 = np.sum((m1 - m0) ** 2) + np.trace(S0 + S1 - 2 * np.real(sqrtm(r @ S1 @ r)))
+    return {"A": A, "velocity": np.array(v), "w2_squared": w2}
+
+
+def _own_schedule_change(inp):
+    """t_r by bisection on α(t) − ρ̄σ(t); ṫ_r by autograd of ρ; s_r and ṡ_r through α (not σ)."""
+    a, s = _schedules(inp["path_from"]["name"], inp["path_from"]["params"])
+    ab, sb = _schedules(inp["path_to"]["name"], inp["path_to"]["params"])
+    out = {"t_r": [], "s_r": [], "dt_r": [], "ds_r": []}
+    for r in np.asarray(inp["r"]):
+        rho_bar = ab(r) / sb(r)
+        lo, hi = 0.0, 1.0
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if a(mid) - rho_bar * s(mid) < 0 else (lo, mid)
+        t = 0.5 * (lo + hi)
+        dt = grad(lambda q: ab(q) / sb(q))(r) / grad(lambda q: a(q) / s(q))(t)
+        out["t_r"].append(t)
+        out["s_r"].append(ab(r) / a(t))
+        out["dt_r"].append(dt)
+        out["ds_r"].append((grad(ab)(r) * a(t) - ab(r) * grad(a)(t) * dt) / a(t) ** 2)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+_OWN_COUPLINGS = {"ot_permutation": _own_ot_permutation, "entropic_plan": _own_entropic_plan,
+                  "pair_path": _own_pair_path, "gaussian_ot_field": _own_gaussian_ot_field,
+                  "schedule_change": _own_schedule_change}
+
+
+def test_dropped_bridge_term_and_wrong_epsilon_fail_their_cases(committed, own_results):
+    """A bridge velocity without (σ'_t/σ_t)(x − μ_t), and a plan of ε = σ² instead of 2σ², must fail."""
+    bad = copy.deepcopy(own_results)
+    by_id = {c["id"]: c for c in committed["cases"]}
+    for case in bad["cases"]:
+        ref = by_id[case["id"]]
+        if ref["id"].startswith("pair_path/bridge"):
+            inp = ref["inputs"]
+            case["outputs"]["u_t_at_x"] = (np.asarray(inp["x_1"]) - np.asarray(inp["x_0"])).tolist()
+        if ref["kind"] == "entropic_plan":
+            case["outputs"] = vectors._tolist(_own_entropic_plan(dict(ref["inputs"], sigma=ref["inputs"]["sigma"] / np.sqrt(2))))
+    report = vectors.compare(committed, bad, kinds=("pair_path", "entropic_plan"))
+    failed = {r["id"] for r in report if not r["passed"]}
+    assert failed == {c["id"] for c in committed["cases"] if c["id"].startswith(("pair_path/bridge", "entropic_plan"))}
+

@@ -312,5 +312,14 @@ BUILDERS = {"path_schedule": _path_schedule_cases, "conditional_path": _conditio
             "marginal": _marginal_cases, "mlp_divergence": _mlp_cases, "cnf_log_prob": _cnf_cases,
             "flow_log_det": _flow_cases}
 BUILDERS.update(_sampler_builders())  # flow_map, fixed_step (fm_ref/vectors/samplers.py)
+from .diffusion import DIFFUSION_BUILDERS  # noqa: E402  (the kinds of derivations/09-diffusion.md)
+
+BUILDERS.update(DIFFUSION_BUILDERS)
+
+from .couplings import COUPLING_BUILDERS, COUPLING_FLOAT32  # noqa: E402  (derivations/10-couplings.md)
+from .tiers import FLOAT32_TOLERANCES  # noqa: E402
+
+BUILDERS.update(COUPLING_BUILDERS)
+FLOAT32_TOLERANCES.update(COUPLING_FLOAT32)
 #: The kinds of case, in the order they are generated.
 KINDS = tuple(BUILDERS)

@@ -66,7 +66,7 @@ def _load_all():
     """Import the modules that register checks (kept lazy to avoid import cycles)."""
     import importlib
 
-    for mod in ("foundation", "cnf", "flows"):
+    for mod in ("foundation", "cnf", "flows", "diffusion", "couplings"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as exc:

@@ -1,0 +1,339 @@
+"""Pair-conditioned paths and the closed forms they are checked against: the finite
+mixture marginal of any coupling (Theorems 1 and 2), the Gaussian population fields
+(independent, OT, entropic), straightness, the schedule change, training with a coupling.
+
+Derivation: derivations/10-couplings.md (CPL.1) to (CPL.3), (CPL.9) to (CPL.17)
+"""
+import numpy as np
+import pytest
+from autograd import elementwise_grad
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.linalg import sqrtm
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from fm_ref.couplings import (BrownianBridge, ConstantSigma, ExactOTCoupling, GaussianCouplingField, PairMixture,
+                              change_schedule, entropic_cross_covariance, euler_sample, monge_map, ot_plan,
+                              path_energy, schedule_map, sinkhorn, straightness, wasserstein2_gaussian)
+from fm_ref.distributions import GaussianMixture
+from fm_ref.losses import _gauss_legendre
+from fm_ref.marginal import marginal_velocity
+from fm_ref.nn import MLP
+from fm_ref.paths import VP, CondOT, Cosine, Polynomial
+from fm_ref.train import train_cfm
+from fm_ref.verify.couplings import (AUTOGRAD_RTOL, CLOSED_RTOL, QUAD_GAP, SCHEDULE_RTOL, example_gaussians,
+                                     example_sets, gaussian_continuity_residual, mixture_points,
+                                     pair_continuity_residual, pair_gradient_gap_quadrature, schedule_change_error,
+                                     schedule_ode_error, ODE_BOUND)
+from fm_ref.verify.foundation import CONTINUITY_RTOL, example_target, rel_err
+from strategies import fewer, gaussian_pairs, interior_times, pair_paths, path_pairs, point_sets, seeds
+
+# ------------------------------------------------------------------ pair paths (CPL.1 to CPL.3)
+
+
+@given(pair_paths(positive=False), point_sets(n=4, m=4), seeds)
+def test_pair_velocity_is_the_time_derivative_of_the_path(path, sets, seed):
+    x_0, x_1, _, _ = sets
+    rng = np.random.default_rng(seed)
+    eps, t = rng.standard_normal(x_0.shape), rng.uniform(0.02, 0.98, 4)
+    d_dt = np.stack([elementwise_grad(lambda s, k=k: path.sample(x_0, x_1, s, eps)[:, k])(t)
+                     for k in range(x_0.shape[1])], axis=1)
+    x_t = path.sample(x_0, x_1, t, eps)
+    assert rel_err(path.conditional_velocity(x_t, x_0, x_1, t), d_dt) <= AUTOGRAD_RTOL
+    # the training target is the same velocity on the path: (x₁ − x₀) + σ'_t ε
+    assert rel_err((x_1 - x_0) + path.d_sigma_t(t)[:, None] * eps, d_dt) <= AUTOGRAD_RTOL
+
+
+def test_bridge_schedule_and_ratio_are_the_stated_formulas():
+    path, t = BrownianBridge(0.7), np.array([0.1, 0.25, 0.5, 0.8])
+    np.testing.assert_allclose(path.sigma_t(t), 0.7 * np.sqrt(t * (1 - t)), rtol=CLOSED_RTOL)
+    e = np.ones((4, 1))
+    u = path.conditional_velocity(e, np.zeros((4, 1)), np.zeros((4, 1)), t)
+    np.testing.assert_allclose(u[:, 0], (1 - 2 * t) / (2 * t * (1 - t)), rtol=CLOSED_RTOL)
+    np.testing.assert_allclose(path.d_sigma_t(t), 0.7 * (1 - 2 * t) / (2 * np.sqrt(t * (1 - t))), rtol=CLOSED_RTOL)
+
+
+def test_constant_sigma_zero_is_allowed_where_nothing_divides():
+    path = ConstantSigma(0.0)
+    rng = np.random.default_rng(0)
+    x_0, x_1, t = rng.normal(size=(5, 2)), rng.normal(size=(5, 2)), np.linspace(0.0, 1.0, 5)
+    x_t, u_t = path.regression_target(t, x_0, x_1, rng)
+    np.testing.assert_array_equal(u_t, x_1 - x_0)
+    np.testing.assert_allclose(x_t, (1 - t)[:, None] * x_0 + t[:, None] * x_1, rtol=CLOSED_RTOL)
+    np.testing.assert_array_equal(path.conditional_velocity(x_t + 1.0, x_0, x_1, t), x_1 - x_0)
+    with pytest.raises(ValueError, match=r"^path: the marginal has a density only for sigma > 0"):
+        PairMixture(x_0, x_1, None, path)
+
+
+@pytest.mark.parametrize("t", [0.0, 1.0])
+def test_bridge_velocity_raises_at_the_endpoints(t):
+    z = np.zeros((1, 2))
+    with pytest.raises(ValueError, match=r"^t: the Brownian bridge"):
+        BrownianBridge(0.5).conditional_velocity(z, z, z, t)
+    with pytest.raises(ValueError, match=r"^t_min, t_max: "):
+        train_cfm(MLP(2, (4,)), BrownianBridge(0.5), z, 1, np.random.default_rng(0), t_min=0.0, t_max=0.9)
+
+
+def test_negative_sigma_raises():
+    for cls in (ConstantSigma, BrownianBridge):
+        with pytest.raises(ValueError, match=r"^sigma: expected a value >= 0"):
+            cls(-0.1)
+
+
+# ------------------------------------------------------------------ the finite mixture (CPL.9, CPL.10)
+
+
+def _plan(kind, x_0, x_1, a, b):
+    if kind == "independent":
+        return None if a is None else np.outer(a, b)
+    if kind == "ot":
+        return ot_plan(x_0, x_1, a, b)[0]
+    return sinkhorn(x_0, x_1, 0.5, a, b).plan
+
+
+@fewer(0.5)
+@given(pair_paths(), point_sets(max_n=4, weights=True), st.sampled_from(["independent", "ot", "entropic"]), seeds)
+def test_theorem_1_for_every_pair_path_and_coupling(path, sets, kind, seed):
+    x_0, x_1, a, b = sets
+    mixture = PairMixture(x_0, x_1, _plan(kind, x_0, x_1, a, b), path)
+    t = np.random.default_rng(seed).uniform(0.05, 0.95, 6)
+    assert pair_continuity_residual(mixture, mixture_points(mixture, t, seed), t) <= CONTINUITY_RTOL
+
+
+@pytest.mark.parametrize("wrong", ["dropped-bridge-term", "flipped-displacement"])
+def test_theorem_1_check_rejects_a_wrong_velocity(wrong):
+    x_0, x_1, _, _ = example_sets(seed=1)
+    mixture = PairMixture(x_0, x_1, sinkhorn(x_0, x_1, 0.5).plan, BrownianBridge(0.6))
+    t = np.linspace(0.1, 0.9, 6)
+    x = mixture_points(mixture, t, 1)
+    if wrong == "dropped-bridge-term":  # u without σσ'∇log p: the drift alone
+        velocity = lambda y, s: mixture.velocity(y, s) + mixture.path._sigma_d_sigma(s)[:, None] * mixture.score(y, s)  # noqa: E731
+    else:
+        velocity = lambda y, s: mixture.velocity(y, s) - 2 * np.ones_like(y)  # noqa: E731
+    assert pair_continuity_residual(mixture, x, t, velocity) > 1e-3
+
+
+@given(pair_paths(), point_sets(max_n=3, weights=True), interior_times, seeds)
+def test_mixture_density_and_velocity_by_independent_routes(path, sets, t, seed):
+    """log p_t against scipy's Gaussians summed over pairs; the score by autograd; u_t as
+    the π- and density-weighted average of the conditional velocities, pair by pair."""
+    x_0, x_1, a, b = sets
+    plan = ot_plan(x_0, x_1, a, b)[0]
+    mixture = PairMixture(x_0, x_1, plan, path)
+    x = mixture_points(mixture, np.full(4, t), seed)
+    s = float(path.sigma_t(t))
+    log_terms, u_terms = [], []
+    for i in range(len(x_0)):
+        for j in range(len(x_1)):
+            if plan[i, j] > 0:
+                log_terms.append(np.log(plan[i, j]) + multivariate_normal((1 - t) * x_0[i] + t * x_1[j], s**2)
+                                 .logpdf(x).reshape(4))
+                u_terms.append(path.conditional_velocity(x, np.tile(x_0[i], (4, 1)), np.tile(x_1[j], (4, 1)), t))
+    log_terms = np.array(log_terms)
+    log_p = logsumexp(log_terms, axis=0)
+    weights = np.exp(log_terms - log_p)
+    assert rel_err(mixture.log_prob(x, t), log_p) <= 1e-12
+    assert rel_err(mixture.velocity(x, t), np.einsum("kn,knd->nd", weights, np.array(u_terms))) <= 1e-10
+    score = elementwise_grad(lambda y: mixture.log_prob(y, t))(x)
+    assert rel_err(mixture.score(x, t), score) <= AUTOGRAD_RTOL
+
+
+def test_theorem_2_by_quadrature_and_its_rejection():
+    x_0, x_1, _, _ = example_sets(seed=16, n0=2, n1=3, d=1)
+    plan = sinkhorn(x_0, x_1, 0.5).plan
+    model = MLP(1, (8,))
+    params = model.init(np.random.default_rng(17))
+    mixture = PairMixture(x_0, x_1, plan, BrownianBridge(0.6))
+    assert pair_gradient_gap_quadrature(model, params, mixture) <= QUAD_GAP
+    drift_only = lambda y, s: mixture.velocity(y, s) + mixture.path._sigma_d_sigma(s)[:, None] * mixture.score(y, s)  # noqa: E731
+    assert pair_gradient_gap_quadrature(model, params, mixture, velocity=drift_only) > 1e-3
+
+
+# ------------------------------------------------------------------ Gaussians (CPL.11 to CPL.14)
+
+
+@fewer(0.5)
+@given(gaussian_pairs(), st.sampled_from(["independent", "optimal", "entropic"]), pair_paths(positive=False), seeds)
+def test_gaussian_fields_satisfy_the_continuity_equation(g, coupling, path, seed):
+    if coupling == "entropic" and path.sigma == 0.0:
+        path = BrownianBridge(0.5)
+    field = getattr(GaussianCouplingField, coupling)(*g, path)
+    t = np.random.default_rng(seed).uniform(0.05, 0.95, 5)
+    assert gaussian_continuity_residual(field, t, seed) <= CONTINUITY_RTOL
+    # and a wrong field is rejected: B_t with its sign flipped
+    wrong = lambda x, s: 2 * (field.m1 - field.m0) - field.velocity(x, s)  # noqa: E731
+    assert gaussian_continuity_residual(field, t, seed, velocity=wrong) > 1e-3
+
+
+@given(gaussian_pairs(), seeds)
+def test_ot_field_moves_points_along_the_monge_map(g, seed):
+    m0, S0, m1, S1 = g
+    A = monge_map(S0, S1)
+    np.testing.assert_allclose(A @ S0 @ A, S1, rtol=1e-10, atol=1e-12)  # T pushes N(m0, S0) to N(m1, S1)
+    r = np.real(sqrtm(S0))  # scipy's Schur-based square root, not eigh
+    np.testing.assert_allclose(A, np.linalg.solve(r, np.real(sqrtm(r @ S1 @ r))) @ np.linalg.inv(r), rtol=1e-8, atol=1e-10)
+    rng = np.random.default_rng(seed)
+    x0 = m0 + rng.standard_normal((6, len(m0))) @ np.linalg.cholesky(S0).T
+    t = rng.uniform(0.0, 1.0, 6)
+    tx = m1 + (x0 - m0) @ A
+    field = GaussianCouplingField.optimal(m0, S0, m1, S1, ConstantSigma(0.0))
+    assert rel_err(field.velocity((1 - t)[:, None] * x0 + t[:, None] * tx, t), tx - x0) <= 1e-9
+    # straight, constant-speed trajectories: one Euler step lands on T(x₀)
+    assert rel_err(euler_sample(field.velocity, x0, 1), tx) <= 1e-9
+
+
+@given(gaussian_pairs(), st.sampled_from([0.01, 0.3, 1.0, 5.0]))
+def test_entropic_cross_covariance_has_the_gibbs_precision(g, eps):
+    """exp(−‖x − y‖²/ε) × (a product) ⇔ the joint precision's off-diagonal block is −(2/ε)I."""
+    m0, S0, m1, S1 = g
+    d = len(m0)
+    C = entropic_cross_covariance(S0, S1, eps)
+    P = np.linalg.inv(np.block([[S0, C], [C.T, S1]]))
+    assert rel_err(P[:d, d:], -(2.0 / eps) * np.eye(d)) <= 1e-8
+    wrong = entropic_cross_covariance(S0, S1, 2 * eps)
+    P_wrong = np.linalg.inv(np.block([[S0, wrong], [wrong.T, S1]]))
+    assert rel_err(P_wrong[:d, d:], -(2.0 / eps) * np.eye(d)) > 0.1
+
+
+def test_entropic_plan_tends_to_the_ot_plan_and_the_bridge_field_to_the_ot_field():
+    m0, S0, m1, S1 = example_gaussians(2, 3)
+    C_ot = S0 @ monge_map(S0, S1)
+    errs = [rel_err(entropic_cross_covariance(S0, S1, e), C_ot) for e in (1.0, 1e-2, 1e-4)]
+    assert errs[0] > errs[1] > errs[2] and errs[2] <= 1e-3
+    x, t = np.random.default_rng(3).normal(size=(5, 2)) + 1.0, np.full(5, 0.4)
+    ot = GaussianCouplingField.optimal(m0, S0, m1, S1, ConstantSigma(0.0)).velocity(x, t)
+    assert rel_err(GaussianCouplingField.entropic(m0, S0, m1, S1, BrownianBridge(1e-3)).velocity(x, t), ot) <= 1e-4
+
+
+def test_independent_field_matches_the_mixture_marginal_of_marginal_py():
+    _, _, m1, S1 = example_gaussians(2, 4)
+    field = GaussianCouplingField.independent(np.zeros(2), np.eye(2), m1, S1, ConstantSigma(0.0))
+    x, t = np.random.default_rng(4).normal(size=(8, 2)), np.linspace(0.0, 1.0, 8)
+    assert rel_err(field.velocity(x, t), marginal_velocity(GaussianMixture(m1[None], S1[None]), CondOT(0.0), x, t)) \
+        <= 1e-12
+
+
+@given(gaussian_pairs())
+def test_displacement_interpolation_is_straight(g):
+    """∫₀¹ E‖u_t‖² dt = E‖T(x₀) − x₀‖² = W₂² (Bures), while I-CFM's field spends more."""
+    t, w = _gauss_legendre(8, 0.0, 1.0)
+    w2 = wasserstein2_gaussian(*g)
+    ot = GaussianCouplingField.optimal(*g, ConstantSigma(0.0))
+    indep = GaussianCouplingField.independent(*g, ConstantSigma(0.0))
+    assert abs(np.sum(w * ot.kinetic_energy(t)) - w2) <= CLOSED_RTOL * w2 * 10
+    t, w = _gauss_legendre(64, 0.0, 1.0)
+    assert np.sum(w * indep.kinetic_energy(t)) >= w2 * (1 - 1e-12)  # Benamou–Brenier
+
+
+def test_straightness_of_the_ot_and_independent_fields_by_ode():
+    g = example_gaussians(2, 5)
+    x0 = g[0] + np.random.default_rng(5).standard_normal((30, 2)) @ np.linalg.cholesky(g[1]).T
+    gap_ot, energy, disp = straightness(GaussianCouplingField.optimal(*g, ConstantSigma(0.0)).velocity, x0, 1e-10, 1e-10)
+    assert abs(gap_ot) <= 1e-7 * energy
+    gap_i, _, _ = straightness(GaussianCouplingField.independent(*g, ConstantSigma(0.0)).velocity, x0, 1e-10, 1e-10)
+    assert gap_i > 1e-2
+    e, d, _ = path_energy(GaussianCouplingField.independent(*g, ConstantSigma(0.0)).velocity, x0)
+    assert np.all(e >= d * (1 - 1e-8))  # Cauchy–Schwarz per trajectory
+
+
+def test_euler_sample_is_the_stated_rule():
+    v = lambda x, t: x * t[:, None] + 1.0  # noqa: E731
+    x = np.array([[1.0, -2.0]])
+    h = 0.5
+    step1 = x + h * (x * 0.0 + 1.0)
+    np.testing.assert_array_equal(euler_sample(v, x, 2), step1 + h * (step1 * 0.5 + 1.0))
+
+
+# ------------------------------------------------------------------ schedule change (CPL.15, CPL.16)
+
+
+def _defined(a, b, r):
+    try:
+        schedule_map(a, b, r)
+        return True
+    except ValueError:
+        return False
+
+
+@given(path_pairs, interior_times, seeds)
+def test_schedule_change_reproduces_the_other_paths_velocity(pair, r, seed):
+    a, b = pair
+    if not _defined(a, b, r):
+        with pytest.raises(ValueError, match=r"^r: "):
+            change_schedule(lambda x, t: x, a, b, np.zeros((1, 2)), r)
+        return
+    x = np.random.default_rng(seed).normal(0.0, 2.0, (5, 2))
+    assert schedule_change_error(example_target(), a, b, x, np.full(5, r)) <= SCHEDULE_RTOL
+
+
+def test_schedule_map_scale_and_time_by_independent_routes():
+    """s_r = ᾱ_r/α_{t_r} (the other half of x̄ = s x), and ṫ_r, ṡ_r by central differences."""
+    a, b, r = CondOT(0.0), Cosine(), np.array([0.1, 0.4, 0.7])
+    t, s, dt, ds = schedule_map(a, b, r)
+    np.testing.assert_allclose(s, b.alpha_t(r) / a.alpha_t(t), rtol=1e-13)
+    h = 1e-6
+    tp, sp, _, _ = schedule_map(a, b, r + h)
+    tm, sm, _, _ = schedule_map(a, b, r - h)
+    np.testing.assert_allclose(dt, (tp - tm) / (2 * h), rtol=1e-8)  # central differences, h = 1e-6
+    np.testing.assert_allclose(ds, (sp - sm) / (2 * h), rtol=1e-8)
+
+
+def test_schedule_change_rejects_a_dropped_scale_term_and_a_wrong_time():
+    target, a, b = example_target(), CondOT(0.0), Cosine()
+    x, r = np.random.default_rng(6).normal(size=(5, 2)), np.full(5, 0.3)  # ṡ_r = 0 at r = ½ (symmetry)
+    t, s, dt, ds = schedule_map(a, b, r)
+    dropped = s[:, None] * dt[:, None] * marginal_velocity(target, a, x / s[:, None], t)
+    assert rel_err(dropped, marginal_velocity(target, b, x, r)) > 1e-2
+    wrong_t = change_schedule(lambda y, q: marginal_velocity(target, a, y, q + 0.05), a, b, x, r)
+    assert rel_err(wrong_t, marginal_velocity(target, b, x, r)) > 1e-3
+
+
+def test_schedule_change_maps_the_ode_solutions():
+    target = example_target()
+    x = np.random.default_rng(7).normal(size=(3, 2))
+    assert schedule_ode_error(target, CondOT(0.0), Polynomial(2.0), x, 0.1, 0.9) <= ODE_BOUND
+
+
+@pytest.mark.parametrize("a, b, r, match", [
+    (VP(), Polynomial(2.0), 0.02, r"^r: the target path's signal-to-noise ratio"),
+    (CondOT(0.0), Cosine(), 1.0, r"^r: σ̄_r = 0"),
+    (VP(), CondOT(0.0), 0.0, r"^r: the target path's signal-to-noise ratio"),
+])
+def test_schedule_change_raises_where_undefined(a, b, r, match):
+    with pytest.raises(ValueError, match=match):
+        schedule_map(a, b, r)
+
+
+# ------------------------------------------------------------------ training (CPL.3)
+
+
+def test_train_cfm_with_a_coupling_is_deterministic_and_uses_the_pair_target():
+    data = np.random.default_rng(8).normal(2.0, 0.5, (64, 2))
+    mlp = MLP(2, (8,))
+    runs = [train_cfm(mlp, BrownianBridge(0.3), data, 3, np.random.default_rng(9), batch=16,
+                      t_min=0.01, t_max=0.99, coupling=ExactOTCoupling())[1] for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    # σ = 0 with the independent coupling is CondOT(0) CFM, draw for draw
+    a = train_cfm(mlp, ConstantSigma(0.0), data, 3, np.random.default_rng(10), batch=16)[1]
+    b = train_cfm(mlp, CondOT(0.0), data, 3, np.random.default_rng(10), batch=16)[1]
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    with pytest.raises(TypeError, match=r"^coupling: expected a callable"):
+        train_cfm(mlp, CondOT(0.0), data, 1, np.random.default_rng(0), coupling=3)
+
+
+def test_ot_cfm_is_closer_to_the_ot_field_than_i_cfm():
+    """Measured (derivations/10-couplings.md §5 table, first row): the same MLP and budget,
+    with and without the exact minibatch OT coupling; distances to the OT population field
+    (CPL.12) by Monte Carlo, compared in standard errors (z > 5)."""
+    m0, S0, m1, S1 = np.zeros(1), np.eye(1), np.array([2.0]), np.array([[0.25]])
+    target = GaussianMixture(m1[None], S1[None])
+    field = GaussianCouplingField.optimal(m0, S0, m1, S1, ConstantSigma(0.0))
+    errs = []
+    for coupling in (None, ExactOTCoupling()):
+        mlp = MLP(1, (16, 16))
+        params, _ = train_cfm(mlp, ConstantSigma(0.0), target, 300, np.random.default_rng(1), batch=64,
+                              coupling=coupling)
+        errs.append(field.field_error(lambda x, t: mlp(params, x, t), np.random.default_rng(2)))
+    (e_i, se_i), (e_ot, se_ot) = errs
+    assert e_i - e_ot > 5.0 * np.hypot(se_i, se_ot)

@@ -1,0 +1,222 @@
+"""Couplings of two batches: exact OT by assignment and by linear programming, entropic
+OT by log-domain Sinkhorn, ε = 2σ² for the bridge, drawing pairs from a plan.
+
+Derivation: derivations/10-couplings.md (CPL.4) to (CPL.8)
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fm_ref.couplings import (EntropicCoupling, ExactOTCoupling, IndependentCoupling, bridge_epsilon, cost_matrix,
+                              independent_plan, ot_permutation, ot_plan, sample_pairs, sinkhorn)
+from fm_ref.couplings.plans import SINKHORN_TOL
+from fm_ref.verify.couplings import (CLOSED_RTOL, DUAL_RTOL, LP_MARGINAL_TOL, enumeration_gap, entropic_dual_solve,
+                                     example_sets, sinkhorn_epsilon_gap)
+from strategies import fewer, point_sets, seeds
+
+# ------------------------------------------------------------------ exact OT (CPL.4, CPL.5)
+
+
+@given(st.integers(1, 7).flatmap(lambda n: point_sets(n=n, m=n)))
+def test_ot_permutation_uses_every_point_once(sets):
+    x_0, x_1, _, _ = sets
+    perm, cost = ot_permutation(x_0, x_1)
+    assert sorted(perm) == list(range(x_0.shape[0]))
+    assert cost == pytest.approx(np.mean(np.sum((x_0 - x_1[perm]) ** 2, axis=1)), rel=CLOSED_RTOL)
+
+
+@fewer(0.5)
+@given(st.integers(2, 7), seeds)
+def test_assignment_and_lp_reach_the_minimum_over_all_permutations(n, seed):
+    x_0, x_1, _, _ = example_sets(seed=seed % 1000, n0=n, n1=n, d=2)
+    gap_lsa, gap_lp = enumeration_gap(x_0, x_1)
+    assert gap_lsa <= CLOSED_RTOL and gap_lp <= CLOSED_RTOL
+
+
+def test_enumeration_check_rejects_a_wrong_permutation():
+    x_0, x_1, _, _ = example_sets(seed=3, n0=6, n1=6)
+    perm, _ = ot_permutation(x_0, x_1)
+    wrong = perm.copy()
+    wrong[[0, 1]] = wrong[[1, 0]]
+    assert enumeration_gap(x_0, x_1, wrong)[0] > 1e-3
+
+
+@given(point_sets(weights=True))
+def test_lp_plan_has_exact_marginals_and_is_optimal_against_sinkhorn(sets):
+    x_0, x_1, a, b = sets
+    plan, cost = ot_plan(x_0, x_1, a, b)
+    assert plan.min() >= 0.0
+    assert np.max(np.abs(plan.sum(1) - a)) <= LP_MARGINAL_TOL
+    assert np.max(np.abs(plan.sum(0) - b)) <= LP_MARGINAL_TOL
+    # any coupling costs at least the optimum: the independent one and a Sinkhorn plan
+    C = cost_matrix(x_0, x_1)
+    assert np.sum(np.outer(a, b) * C) >= cost * (1 - CLOSED_RTOL)
+    assert np.sum(sinkhorn(x_0, x_1, 1.0, a, b).plan * C) >= cost - SINKHORN_TOL * C.max()
+
+
+def test_lp_with_equal_sizes_and_weights_is_the_permutation():
+    x_0, x_1, _, _ = example_sets(seed=4, n0=5, n1=5)
+    plan, _ = ot_plan(x_0, x_1)
+    perm, _ = ot_permutation(x_0, x_1)
+    np.testing.assert_array_equal(np.argmax(plan, axis=1), perm)
+    assert np.allclose(plan.max(axis=1), 0.2, rtol=0, atol=1e-15)
+
+
+def test_independent_plan_is_the_outer_product():
+    a, b = np.array([0.25, 0.75]), np.array([0.5, 0.2, 0.3])
+    np.testing.assert_array_equal(independent_plan(a, b), a[:, None] * b[None, :])
+
+
+# ------------------------------------------------------------------ Sinkhorn (CPL.6, CPL.7)
+
+
+@given(point_sets(weights=True), st.sampled_from([0.3, 1.0, 3.0]))
+def test_sinkhorn_marginals_meet_the_stopping_tolerance(sets, eps):
+    x_0, x_1, a, b = sets
+    res = sinkhorn(x_0, x_1, eps, a, b)
+    assert res.marginal_error <= SINKHORN_TOL
+    assert np.sum(np.abs(res.plan.sum(1) - a)) <= SINKHORN_TOL  # recomputed, not the reported value
+    # exact after the g-update up to the rounding of exp((f_i + g_j − C_ij)/ε), whose argument
+    # reaches ~100 here (|f|/ε ~ 70 measured): ~100 ulps, so 1e-12
+    assert np.sum(np.abs(res.plan.sum(0) - b)) <= 1e-12
+    assert 1 <= res.iterations
+
+
+def test_sinkhorn_updates_are_the_stated_rules():
+    """One iteration (a huge tol stops after it), against the rules in the plain domain."""
+    x_0, x_1, a, b = example_sets(seed=5, n0=3, n1=4, weights=True)
+    eps = 0.7
+    K = np.exp(-cost_matrix(x_0, x_1) / eps)
+    res = sinkhorn(x_0, x_1, eps, a, b, tol=1e300)
+    f = -eps * np.log(K @ b)                    # g = 0 to start
+    g = -eps * np.log(K.T @ (a * np.exp(f / eps)))
+    assert res.iterations == 1
+    np.testing.assert_allclose(res.f, f, rtol=1e-13)
+    np.testing.assert_allclose(res.g, g, rtol=1e-13)
+    np.testing.assert_allclose(res.plan, a[:, None] * b[None, :] * np.exp((f[:, None] + g[None, :]) / eps) * K,
+                               rtol=1e-12)
+
+
+@fewer(0.5)
+@given(point_sets(weights=True, max_n=5), st.sampled_from([0.5, 2.0]))
+def test_sinkhorn_objective_matches_the_dual_solved_by_minimize(sets, eps):
+    x_0, x_1, a, b = sets
+    res = sinkhorn(x_0, x_1, eps, a, b, tol=1e-13)
+    obj, plan = entropic_dual_solve(cost_matrix(x_0, x_1), a, b, eps)
+    assert abs(res.objective - obj) <= DUAL_RTOL * max(abs(obj), 1.0)
+    assert np.max(np.abs(res.plan - plan)) <= DUAL_RTOL
+
+
+def test_dual_comparison_rejects_a_wrong_epsilon():
+    x_0, x_1, a, b = example_sets(seed=6, n0=4, n1=5, weights=True)
+    obj, _ = entropic_dual_solve(cost_matrix(x_0, x_1), a, b, 1.0)
+    assert abs(sinkhorn(x_0, x_1, 1.1, a, b, tol=1e-13).objective - obj) > 1e-3
+
+
+def test_sinkhorn_tends_to_the_exact_plan_as_epsilon_shrinks():
+    x_0, x_1, a, b = example_sets(seed=14, n0=5, n1=6, weights=True)
+    eps = (1.0, 0.3, 0.1, 0.03)
+    ratio, dists = sinkhorn_epsilon_gap(x_0 + 1.0, x_1, eps, a, b)
+    assert ratio <= 1.0  # 0 ≤ ⟨π_ε, C⟩ − OT ≤ ε log min(n, m)
+    assert all(d1 < d0 for d0, d1 in zip(dists, dists[1:]))
+    assert dists[-1] < 1e-3
+
+
+def test_the_bound_rejects_a_plan_that_is_not_optimal():
+    """The ε log n bound catches a Sinkhorn plan of ε = 1 reported as one of ε = 0.01."""
+    x_0, x_1, a, b = example_sets(seed=14, n0=5, n1=6, weights=True)
+    C = cost_matrix(x_0 + 1.0, x_1)
+    _, ot = ot_plan(x_0 + 1.0, x_1, a, b)
+    plan = sinkhorn(x_0 + 1.0, x_1, 1.0, a, b).plan
+    assert (np.sum(plan * C) - ot) / (0.01 * np.log(5)) > 1.0
+
+
+def test_sinkhorn_raises_at_its_iteration_cap():
+    x_0, x_1, _, _ = example_sets(seed=7)
+    with pytest.raises(RuntimeError, match=r"^sinkhorn: marginal error .* max_iter = 3"):
+        sinkhorn(x_0, x_1, 0.01, max_iter=3)
+
+
+# ------------------------------------------------------------------ the bridge's ε (CPL.8)
+
+
+def test_bridge_epsilon_is_two_sigma_squared():
+    assert bridge_epsilon(0.3) == 2 * 0.3**2
+    assert EntropicCoupling(0.3).epsilon == 2 * 0.3**2
+
+
+def test_entropic_plan_is_the_brownian_transition_kernel_reweighted():
+    """σW over unit time moves x to y with density ∝ exp(−‖y − x‖²/(2σ²)); the static
+    Schrödinger problem's plan is that kernel times f_i g_j: log π_ij + C_ij/(2σ²) must be
+    additive in i and j (its double-centred matrix vanishes). A wrong ε (σ² or 4σ²) is not."""
+    x_0, x_1, a, b = example_sets(seed=8, n0=4, n1=5, weights=True)
+    sigma = 0.6
+    C = cost_matrix(x_0, x_1)
+
+    def interaction(scale):
+        M = np.log(sinkhorn(x_0, x_1, bridge_epsilon(sigma), a, b, tol=1e-13).plan) + C / (scale * sigma**2)
+        return np.max(np.abs(M - M.mean(0) - M.mean(1)[:, None] + M.mean()))
+
+    assert interaction(2.0) <= 1e-10 * C.max() / sigma**2
+    assert interaction(1.0) > 1e-2 and interaction(4.0) > 1e-2
+
+
+# ------------------------------------------------------------------ drawing pairs
+
+
+def test_sample_pairs_frequencies_match_the_plan():
+    plan = np.array([[0.1, 0.2], [0.3, 0.4]])
+    n = 20_000
+    i, j = sample_pairs(plan, n, np.random.default_rng(9))
+    counts = np.zeros((2, 2))
+    np.add.at(counts, (i, j), 1)
+    z = (counts / n - plan) / np.sqrt(plan * (1 - plan) / n)
+    assert np.max(np.abs(z)) <= 5.0
+
+
+def test_training_couplings_pair_a_batch():
+    rng = np.random.default_rng(10)
+    x_0, x_1 = rng.normal(size=(16, 2)), rng.normal(size=(16, 2)) + 2.0
+    y_0, y_1 = IndependentCoupling()(x_0, x_1, rng)
+    assert y_0 is x_0 and y_1 is x_1
+    y_0, y_1 = ExactOTCoupling()(x_0, x_1, rng)
+    perm, _ = ot_permutation(x_0, x_1)
+    np.testing.assert_array_equal(y_1, x_1[perm])  # every x₁ once, in the OT order
+    a = EntropicCoupling(0.5)(x_0, x_1, np.random.default_rng(11))
+    b = EntropicCoupling(0.5)(x_0, x_1, np.random.default_rng(11))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+# ------------------------------------------------------------------ bad input (e)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: ot_permutation(np.zeros((3, 2)), np.zeros((4, 2))), r"^x_1: a permutation needs batches of equal size"),
+    (lambda: ot_plan(np.zeros((2, 1)), np.ones((2, 1)), a=np.array([1.2, -0.2])), r"^a: expected non-negative"),
+    (lambda: ot_plan(np.zeros((2, 1)), np.ones((2, 1)), b=np.array([0.5, 0.6])), r"^b: expected weights that sum to 1"),
+    (lambda: sinkhorn(np.zeros((2, 1)), np.ones((2, 1)), 0.0), r"^epsilon: expected a value > 0"),
+    (lambda: sinkhorn(np.zeros((2, 1)), np.ones((2, 1)), -1.0), r"^epsilon: expected a value > 0"),
+    (lambda: sinkhorn(np.zeros((2, 1)), np.ones((2, 1)), 1.0, a=np.array([1.0, 0.0])), r"^a: expected positive"),
+    (lambda: sinkhorn(np.zeros((2, 1)), np.ones((3, 1)), 1.0, b=np.array([0.5, 0.5])), r"^b: expected shape \(3,\)"),
+    (lambda: bridge_epsilon(-0.1), r"^sigma: expected a value > 0"),
+    (lambda: EntropicCoupling(0.0), r"^sigma: expected a value > 0"),
+    (lambda: sample_pairs(np.array([[0.5, 0.6]]), 3, np.random.default_rng(0)), r"^plan: expected weights that sum"),
+])
+def test_bad_input_raises_naming_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_sinkhorn_and_lp_results_are_float64_and_deterministic():
+    x_0, x_1, a, b = example_sets(seed=12, n0=3, n1=4, weights=True)
+    r1, r2 = sinkhorn(x_0, x_1, 0.5, a, b), sinkhorn(x_0, x_1, 0.5, a, b)
+    assert r1.plan.dtype == np.float64 and np.array_equal(r1.plan, r2.plan)
+    assert ot_plan(x_0, x_1, a, b)[0].dtype == np.float64
+    # the log-domain iterations survive ε far below the costs (the plain domain underflows)
+    x_far = x_1 + 30.0
+    res = sinkhorn(x_0, x_far, 0.5, a, b)
+    assert np.all(np.isfinite(res.plan)) and res.marginal_error <= SINKHORN_TOL
+    assert np.exp(-cost_matrix(x_0, x_far) / 0.5).max() == 0.0
