@@ -258,25 +258,30 @@ def _check_rows(selected, report):
 # ----------------------------------------------------------------------------- demo
 
 def cmd_demo(args):
-    from .demo import run_demo
+    from .demo import _print, _silent, run_demo
+    from .demo_run import report as demo_report
 
+    created = top = None
     if not os.path.isdir(args.out):
+        created = top = os.path.abspath(args.out)
+        while not os.path.exists(os.path.dirname(top)):
+            top = os.path.dirname(top)  # the outermost folder this run creates
         try:
             os.makedirs(args.out)
         except OSError as exc:
             raise UsageError(f"--out: cannot create the directory {args.out!r} ({exc.strerror})") from None
-    check_writable(os.path.join(args.out, "results.json"), "--out")
-    res = run_demo(data=args.data, steps=args.steps, seed=args.seed, out=args.out, n_eval=args.n_eval,
-                   plot=not args.no_plot, jobs=args.jobs, log=_say)
-    headers = ["model", "steps", "train s", "NLL (nats)", "± se", "W2", "NFE sample", "NFE log p"]
-    rows = [[r["name"], str(r["train_steps"]), f"{r['train_seconds']:.1f}", f"{r['nll']:.3f}",
-             f"{r['nll_se']:.3f}", f"{r['w2']:.3f}", str(r["sample_nfe"] or "-"), str(r["nll_nfe"] or "-")]
-            for r in res["models"]]
-    rows.append(["Gaussian fit (baseline)", "-", "-", f"{res['gaussian_nll']:.3f}", "", "", "", ""])
-    rows.append(["held-out vs held-out (floor)", "-", "-", "", "", f"{res['w2_floor']:.3f}", "", ""])
-    _say(f"\nresults on '{res['data']}' ({res['n_eval']} held-out points; W2 by exact assignment):\n")
-    _say(format_table(headers, rows))
-    _say(f"\nwrote {os.path.join(args.out, 'results.json')}" + (f" and {res['figure']}" if res["figure"] else ""))
+    try:
+        res = run_demo(data=args.data, steps=args.steps, seed=args.seed, out=args.out, n_eval=args.n_eval,
+                       plot=not args.no_plot, jobs=args.jobs, log=_silent if args.quiet else _print,
+                       quick=args.quick)
+    except BaseException:
+        while created and os.path.isdir(created) and not os.listdir(created):
+            os.rmdir(created)  # leave no empty folder behind an argument error or an interrupt
+            created = os.path.dirname(created) if created != top else None
+        raise
+    _say(demo_report(res))
+    for path in [*res["figures"].values(), res["results_json"]]:
+        _say(f"wrote {path}" + (" (replaced the existing file)" if path in res["replaced"] else ""))
     _say(f"total {res['total_seconds']:.1f} s")
     return 0
 
@@ -362,14 +367,16 @@ def build_parser():
     from .demo import MAX_EVAL
 
     p.add_argument("--steps", type=_int_in(1, MAX_STEPS), default=None, metavar="N",
-                   help="CFM training steps (default 2000); the NF and CNF budgets scale with it")
+                   help="CFM training steps (default 8000, 1500 with --quick); the other budgets scale with it")
     p.add_argument("--seed", type=_int_in(0, MAX_SEED, "a non-negative integer"), default=0, metavar="S",
                    help="random seed (default 0)")
     p.add_argument("--out", type=_name, default="out", metavar="DIR",
                    help="output directory, created if needed (default ./out)")
     p.add_argument("--n-eval", type=_int_in(2, MAX_EVAL, "an integer"), default=None, metavar="N",
                    help="held-out points for NLL and W2 (default 2000)")
-    p.add_argument("--no-plot", action="store_true", help="do not write demo.png")
+    p.add_argument("--no-plot", action="store_true", help="do not write demo.png and cost.png")
+    p.add_argument("--quick", action="store_true", help="smaller budgets and sizes: a first look in about 30 s")
+    p.add_argument("--quiet", action="store_true", help="no progress lines; only the tables and the files written")
     p.add_argument("--jobs", type=_int_in(1, MAX_JOBS), default=None, metavar="N",
                    help="worker processes for training and evaluation (default: 2, or 1 on one core)")
     p.set_defaults(func=cmd_demo)

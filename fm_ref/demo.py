@@ -5,10 +5,10 @@ family, a train function, an evaluate function and a budget rule). The rows toda
 table order:
 
 - NF: a discrete flow of affine couplings (``fm_ref.flows.default_flow``), maximum likelihood;
-- CNF: an MLP velocity field trained by maximum likelihood with adjoint gradients
-  (``fm_ref.adjoint.train_cnf_mle``), a small budget: each step solves two ODEs;
-- CFM CondOT and CFM Cosine: the same 2→64→64→2 MLP trained by conditional flow
-  matching (``fm_ref.train.train_cfm``) on two probability paths.
+- CNF: the MLP velocity field 2→64→64→2 trained by maximum likelihood with adjoint
+  gradients (``fm_ref.adjoint.adjoint_nll_grad``): each step solves two ODEs;
+- CFM CondOT and CFM Cosine: the same MLP trained by conditional flow matching
+  (``fm_ref.train.train_cfm``) on two probability paths: each step is one network call.
 
 A new family adds a row with ``register(Row(...))`` below the existing ones: a train
 function ``train(data, steps, rng, callback) -> (params, losses)``, an evaluate function
@@ -19,36 +19,44 @@ rule ``budget(steps) -> int`` from the ``--steps`` value; for example ::
                  scaled(1.0), "conditional flow matching, MLP 2->64->64->2, batch 256"))
 
 (a row whose model is not an MLP velocity passes ``lambda params: cnf_model(CNF(...))``).
-
 Each row's seeds come from the demo's seed and the row's key, so adding a row leaves the
 other rows' numbers unchanged.
 
 Each model is evaluated on held-out points: the exact negative log-likelihood (the flow's
 exact log-determinant; ``CNF.log_prob`` with the exact divergence for the continuous
-models), W₂ between model samples and held-out points by exact assignment, the floor
-W₂ between two held-out samples, training time, and the number of velocity
-evaluations (NFE) of sampling. Derivation: derivations/08-evaluation.md (EVAL.1)
+models) and, where the data's density is known in closed form, its gap to the true
+density on the same points (``fm_ref.toy_truth``); W₂ between model samples and held-out
+points by exact assignment, the floor W₂ between two held-out samples, training time,
+and the NFE of sampling. The rows marked ``cost`` are also evaluated at checkpoints
+during training: held-out NLL against training wall-clock and training NFE (the cost
+of likelihood training, ``fm_ref.demo_cost``). Derivation: derivations/08-evaluation.md (EVAL.1)
 """
-import json
 import os
+import sys
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
-from . import __version__
 
-__all__ = ["DEFAULTS", "Row", "ROWS", "register", "cnf_model", "flow_model", "scaled", "train_model",
-           "evaluate_model", "run_demo", "plot_demo"]
+__all__ = ["DEFAULTS", "QUICK", "SCHEDULES", "Row", "ROWS", "register", "cnf_model", "flow_model", "scaled",
+           "train_model", "evaluate_model", "run_demo"]
 
-#: Default sizes; ``steps`` is the --steps value (the CFM rows' steps; other rows scale with it).
-DEFAULTS = {"steps": 2000, "n_train": 20_000, "n_eval": 2000, "eval_tol": 1e-5, "grid": 48, "n_traj": 300}
+#: Default sizes. ``steps`` is the --steps value: the CFM rows' steps (the other rows scale with it).
+DEFAULTS = {"steps": 8000, "n_train": 20_000, "n_eval": 2000, "eval_tol": 1e-5, "grid": 48, "n_traj": 300,
+            "checkpoints": 10, "progress_seconds": 5.0}
+#: ``--quick``: a first look in about 30 s (budgets and sizes divided).
+QUICK = {"steps": 1500, "n_eval": 1000, "grid": 32, "n_traj": 150, "checkpoints": 6}
 #: W₂ by exact assignment stores an n × n cost matrix: 10⁴ points are 800 MB and minutes.
 MAX_EVAL = 10_000
 # ODE tolerance of evaluation and sampling: the NLL's solver error (~1e-5) is far below
 # its standard error over 2000 points (~0.02 nats), so the NLL is exact for the table.
+#: Step-size schedules, ((fraction of the steps, Adam lr), ...), from the convergence
+#: study in derivations/08-evaluation.md, section 8.
+SCHEDULES = {"cfm": ((0.5, 2e-3), (0.25, 1e-3), (0.25, 2.5e-4)), "nf": ((0.6, 5e-3), (0.4, 1e-3)),
+             "cnf": ((1.0, 1e-2),)}
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -59,17 +67,24 @@ class Row:
 
     Attributes
     ----------
-    key : str, a short identifier ('cfm-condot'); the seed of the row is derived from it
-    name : str, the label in the table and the figure
+    key : str, a short identifier ('cfm-condot'); the row's seeds are derived from it
+    name : str, the label in the table and the figures
     family : str, e.g. 'NF', 'CNF', 'CFM' (the figure draws an NF's grid image, the
         others' ODE trajectories)
     train : callable (data (N, 2), steps, rng, callback) -> (params, losses (steps,));
-        ``callback(step, loss, params)`` after each step
+        ``callback(step, loss, params)`` after each step; a train function whose steps
+        cost a varying number of network evaluations reports them with
+        ``callback.add_nfe(k)`` when the callback has that method
     evaluate : callable params -> Model (``cnf_model`` or ``flow_model``): an object with
         ``log_prob(x) -> (log p (n,), NFE or None)``, ``sample(n, rng) -> (x (n, 2), NFE or
         None)``, ``density(pts) -> (m,)`` and ``paths(n_traj, rng) -> array``
     budget : callable steps -> int, this row's training steps for ``--steps`` = steps
     about : str, the one line printed before training (architecture, batch)
+    cost : bool, evaluate checkpoints for the cost figure (NLL against time and NFE)
+    nfe_per_step : int, network evaluations per training step (forward and backward
+        counted as one), unless the train function reports them
+    early : str, why this row stops before its plateau at the default budget ('' if it
+        does not), printed under the table
     """
 
     key: str
@@ -79,6 +94,9 @@ class Row:
     evaluate: Callable
     budget: Callable
     about: str = ""
+    cost: bool = False
+    nfe_per_step: int = 1
+    early: str = ""
 
 
 #: The rows in table order, by key.
@@ -140,7 +158,8 @@ class _Discrete:
     def paths(self, n_traj, rng):
         """The image of the grid lines of z ∈ [-3, 3]², shape (26, 120, 2)."""
         lines, along = np.linspace(-3.0, 3.0, 13), np.linspace(-3.0, 3.0, 120)
-        zs = [np.stack([np.full(120, c), along], 1) for c in lines] + [np.stack([along, np.full(120, c)], 1) for c in lines]
+        zs = [np.stack([np.full(120, c), along], 1) for c in lines] + [np.stack([along, np.full(120, c)], 1)
+                                                                       for c in lines]
         image, _ = self.flow.forward_and_log_det(self.params, np.concatenate(zs))
         return image.reshape(26, 120, 2)
 
@@ -165,10 +184,29 @@ def _mlp_cnf(hidden):
     return evaluate
 
 
-def _train_nf(data, steps, rng, callback):
+def _phased(run, steps, schedule, callback):
+    """Adam in phases of decreasing step size (each phase restarts Adam's moments):
+    ``schedule`` is ((fraction of steps, lr), ...); ``run(n, lr, params, callback)`` trains
+    n steps from ``params`` (None: initialise) and returns (params, losses)."""
+    sizes = [int(round(f * steps)) for f, _ in schedule[:-1]]
+    sizes.append(steps - sum(sizes))
+    params, losses, done = None, [], 0
+    for n, (_, lr) in zip(sizes, schedule):
+        if n <= 0:
+            continue
+        shifted = (lambda off: lambda i, loss, p: callback(off + i, loss, p))(done) if callback else None
+        params, part = run(n, lr, params, shifted)
+        losses.append(part)
+        done += n
+    return params, np.concatenate(losses)
+
+
+def _train_nf(data, steps, rng, callback, schedule=None):
     from .flows import default_flow, train_flow_mle
 
-    return train_flow_mle(default_flow(2), data, steps, rng, lr=2e-3, batch=256, callback=callback)
+    flow = default_flow(2)
+    return _phased(lambda n, lr, p, cb: train_flow_mle(flow, data, n, rng, lr=lr, batch=256, params=p, callback=cb),
+                   steps, schedule or SCHEDULES["nf"], callback)
 
 
 def _evaluate_nf(params):
@@ -177,36 +215,60 @@ def _evaluate_nf(params):
     return flow_model(default_flow(2), params)
 
 
-def _train_cnf_mle(data, steps, rng, callback):
-    from .adjoint import train_cnf_mle
+def _train_cnf_mle(data, steps, rng, callback, schedule=None):
+    """``fm_ref.adjoint.train_cnf_mle``'s loop (mini-batches of 128 without replacement,
+    DOP853 at rtol 1e-4, atol 1e-5 in both passes), reporting each step's NFE."""
+    from .adjoint import adjoint_nll_grad
     from .nn import MLP
+    from .train import adam
 
-    return train_cnf_mle(MLP(2, (32, 32)), rng, data, steps, rng, lr=1e-2, batch=128, callback=callback)
+    mlp = MLP(2, (64, 64))
+    add_nfe = getattr(callback, "add_nfe", None)
+
+    def run(n, lr, params, cb):
+        def loss_and_grad(p, step):
+            idx = rng.choice(data.shape[0], size=128, replace=False)
+            loss, grads, info = adjoint_nll_grad(mlp, p, data[idx], rtol=1e-4, atol=1e-5, info=True)
+            if add_nfe is not None:
+                add_nfe(info["nfev_forward"] + info["nfev_adjoint"])
+            return loss, grads
+        return adam(loss_and_grad, mlp.init(rng) if params is None else params, n, lr=lr, callback=cb)
+
+    return _phased(run, steps, schedule or SCHEDULES["cnf"], callback)
 
 
-def _train_cfm(path_name):
+def _train_cfm(path_name, schedule=None):
     def train(data, steps, rng, callback):
         from . import paths
         from .nn import MLP
         from .train import train_cfm
 
-        return train_cfm(MLP(2, (64, 64)), getattr(paths, path_name)(), data, steps, rng, batch=256, lr=1e-3,
-                         callback=callback)
+        mlp, path = MLP(2, (64, 64)), getattr(paths, path_name)()
+        return _phased(lambda n, lr, p, cb: train_cfm(mlp, path, data, n, rng, batch=256, lr=lr, params=p,
+                                                      callback=cb),
+                       steps, schedule or SCHEDULES["cfm"], callback)
     return train
 
 
-register(Row("nf", "NF (coupling, MLE)", "NF", _train_nf, _evaluate_nf, scaled(0.2),
-             "maximum likelihood, 8 affine couplings + affine, batch 256"))
-register(Row("cnf", "CNF (MLE, adjoint)", "CNF", _train_cnf_mle, _mlp_cnf((32, 32)), scaled(0.025),
-             "maximum likelihood, adjoint gradients, MLP 2->32->32->2, batch 128"))
+register(Row("nf", "NF (coupling, MLE)", "NF", _train_nf, _evaluate_nf, scaled(0.375),
+             "maximum likelihood, 8 affine couplings + affine, batch 256", cost=True,
+             early="the NF stops early: on 8gaussians its held-out NLL still falls by ~0.05 nats per 2000 steps "
+                   "after 3000 (derivations/08-evaluation.md, section 8), and its steps (autograd through 8 "
+                   "couplings, ~30 ms) put that plateau beyond the demo's 3-minute budget"))
+register(Row("cnf", "CNF (MLE, adjoint)", "CNF", _train_cnf_mle, _mlp_cnf((64, 64)), scaled(0.015),
+             "maximum likelihood, adjoint gradients, MLP 2->64->64->2, batch 128", cost=True))
 register(Row("cfm-condot", "CFM CondOT", "CFM", _train_cfm("CondOT"), _mlp_cnf((64, 64)), scaled(1.0),
-             "conditional flow matching, MLP 2->64->64->2, batch 256"))
+             "conditional flow matching, MLP 2->64->64->2, batch 256", cost=True))
 register(Row("cfm-cosine", "CFM Cosine", "CFM", _train_cfm("Cosine"), _mlp_cnf((64, 64)), scaled(1.0),
              "conditional flow matching, MLP 2->64->64->2, batch 256"))
 
 from .couplings.demo_rows import register_rows  # noqa: E402  (I-CFM, OT-CFM, SB-CFM; derivations/10-couplings.md)
 
 register_rows()
+# The 3-minute budget of the default demo: the coupling and diffusion rows train for a
+# quarter of the CFM steps (2000 at the default), the budget their own measurements used.
+for _key in ("i-cfm", "ot-cfm", "sb-cfm"):
+    ROWS[_key] = replace(ROWS[_key], budget=scaled(0.25))
 
 
 def _train_ddpm(data, steps, rng, callback):
@@ -221,7 +283,7 @@ def _evaluate_ddpm(params):
     return EpsVPModel(params, tol=DEFAULTS["eval_tol"])
 
 
-register(Row("ddpm-vp", "DDPM eps (VP)", "Diffusion", _train_ddpm, _evaluate_ddpm, scaled(1.0),
+register(Row("ddpm-vp", "DDPM eps (VP)", "Diffusion", _train_ddpm, _evaluate_ddpm, scaled(0.25),
              "eps-prediction (DDPM's loss) on VP to t = 0.999, MLP 2->64->64->2, batch 256; NLL by the "
              "probability-flow ODE, samples by the reverse SDE (500 Euler-Maruyama steps)"))
 
@@ -229,26 +291,55 @@ register(Row("ddpm-vp", "DDPM eps (VP)", "Diffusion", _train_ddpm, _evaluate_ddp
 # ----------------------------------------------------------------------------- train and evaluate
 
 def _print(msg):
-    print(msg, flush=True)
+    """One write per line: the lines of two worker processes do not interleave mid-line."""
+    sys.stdout.write(f"{msg}\n")
+    sys.stdout.flush()
 
 
-class _Progress:
-    """A callback printing about five lines per stage: step, mean loss since the last line, time."""
+def _silent(msg):
+    pass
 
-    def __init__(self, name, steps, log, lines=5):
+
+class _Tracker:
+    """The training callback: a progress line every few seconds (steps, mean loss since the
+    last line, time per step, ETA), and snapshots of the parameters at ``checkpoints``
+    with the training wall-clock and NFE so far."""
+
+    def __init__(self, name, steps, log, checkpoints=(), nfe_per_step=1, every=None):
         self.name, self.steps, self.log = name, steps, log
-        self.every = max(1, steps // lines)
-        self.start, self.acc = time.perf_counter(), []
+        self.every = DEFAULTS["progress_seconds"] if every is None else every
+        self.checkpoints, self.nfe_per_step = set(checkpoints), nfe_per_step
+        self.snapshots, self.acc, self.nfe, self.reported = [], [], 0, False
+        self.start = self.last = time.perf_counter()
+
+    def add_nfe(self, k):
+        self.reported = True
+        self.nfe += int(k)
 
     def __call__(self, step, loss, params):
+        now = time.perf_counter()
+        if not self.reported:
+            self.nfe += self.nfe_per_step
+        self.reported = False
         self.acc.append(loss)
-        if (step + 1) % self.every == 0 or step + 1 == self.steps:
-            self.log(f"  [{self.name}] step {step + 1:>5}/{self.steps}  loss {np.mean(self.acc):8.4f}  "
-                     f"elapsed {time.perf_counter() - self.start:6.1f} s")
-            self.acc = []
+        if step + 1 in self.checkpoints:
+            self.snapshots.append({"step": step + 1, "seconds": now - self.start, "nfe": self.nfe, "params": params})
+        if now - self.last >= self.every or step + 1 == self.steps:
+            per = (now - self.start) / (step + 1)
+            eta = f"ETA {per * (self.steps - step - 1):5.0f} s" if step + 1 < self.steps else "done"
+            self.log(f"  [{self.name}] step {step + 1:>6}/{self.steps}  loss {np.mean(self.acc):8.4f}  "
+                     f"{per * 1e3:7.1f} ms/step  {eta}")
+            self.acc, self.last = [], now
 
 
-def train_model(key, train, steps, seed, log=_print):
+def checkpoint_steps(n, k):
+    """k steps from n/32 to n, evenly spaced in log (fewer when n is small), the last n."""
+    if n <= 1 or k <= 1:
+        return [n]
+    return sorted({int(s) for s in np.unique(np.round(np.geomspace(max(1.0, n / 32), n, k))) if s >= 1} | {n})
+
+
+def train_model(key, train, steps, seed, log=_print, checkpoints=0):
     """Train the row ``key`` (a picklable job for a worker process).
 
     Parameters
@@ -257,21 +348,28 @@ def train_model(key, train, steps, seed, log=_print):
     train : array, shape (N, 2)
     steps : int, the --steps value (the row's budget rule gives its own step count)
     seed : numpy.random.SeedSequence or int
+    log : callable(str), progress lines
+    checkpoints : int, how many snapshots to keep for the cost curve (0: none)
 
     Returns
     -------
-    dict with 'key', 'params', 'losses' (shape (n,)), 'steps' (n), 'seconds'.
+    dict with 'key', 'params', 'losses' (shape (n,)), 'steps' (n), 'seconds' (wall),
+    'cpu_seconds' (this process), 'nfe' (training NFE), 'snapshots' (list of dicts:
+    step, seconds, nfe, params).
     """
     row = ROWS[key]
     n = row.budget(steps)
     rng = np.random.default_rng(seed)
     log(f"{row.name}: {n} steps, {row.about}")
-    start = time.perf_counter()
-    params, losses = row.train(train, n, rng, _Progress(row.name, n, log))
-    return {"key": key, "params": params, "losses": losses, "steps": n, "seconds": time.perf_counter() - start}
+    tracker = _Tracker(row.name, n, log, checkpoint_steps(n, checkpoints) if checkpoints else (), row.nfe_per_step)
+    cpu, start = time.process_time(), time.perf_counter()
+    tracker.start = tracker.last = start  # the snapshots' clock is the training's
+    params, losses = row.train(train, n, rng, tracker)
+    return {"key": key, "params": params, "losses": losses, "steps": n, "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu, "nfe": tracker.nfe, "snapshots": tracker.snapshots}
 
 
-def evaluate_model(job, test, seed, figure=None):
+def evaluate_model(job, test, seed, figure=None, true_log_p=None):
     """Evaluate one trained model (a picklable job): exact NLL, samples, W₂, NFE.
 
     Parameters
@@ -281,6 +379,8 @@ def evaluate_model(job, test, seed, figure=None):
     seed : SeedSequence or int (sampling)
     figure : (lim, grid, n_traj) or None; when given, also the density on the grid and
         the paths (ODE trajectories, or the image of a z-grid for the NF)
+    true_log_p : array, shape (n,), or None: the data's log-density at ``test``; when
+        given, the record has the paired gap mean(log q − log p) and its standard error
 
     Returns
     -------
@@ -295,11 +395,13 @@ def evaluate_model(job, test, seed, figure=None):
     log_p, nll_nfe = model.log_prob(test)
     samples, sample_nfe = model.sample(test.shape[0], rng)
     nll, se = mean_and_stderr(-log_p, "nll")
+    gap = mean_and_stderr(true_log_p - log_p, "gap") if true_log_p is not None else (None, None)
     losses = job["losses"]
-    rec = {"key": row.key, "name": row.name, "family": row.family, "train_steps": job["steps"],
-           "train_seconds": job["seconds"], "final_train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
-           "nll": nll, "nll_se": se, "nll_nfe": nll_nfe, "w2": wasserstein2(samples, test),
-           "sample_nfe": sample_nfe, "samples": samples}
+    rec = {"key": row.key, "name": row.name, "family": row.family, "early": row.early, "train_steps": job["steps"],
+           "train_seconds": job["seconds"], "train_cpu_seconds": job["cpu_seconds"], "train_nfe": job["nfe"],
+           "final_train_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
+           "nll": nll, "nll_se": se, "gap": gap[0], "gap_se": gap[1], "nll_nfe": nll_nfe,
+           "w2": wasserstein2(samples, test), "sample_nfe": sample_nfe, "samples": samples}
     if hasattr(model, "metrics"):  # rows with more measurements (the coupling rows: straightness, Euler W2)
         rec.update(model.metrics(test, rng))
     if figure is not None:
@@ -310,6 +412,14 @@ def evaluate_model(job, test, seed, figure=None):
         rec["paths"] = model.paths(n_traj, rng)
     rec["eval_seconds"] = time.perf_counter() - start
     return rec
+
+
+def checkpoint_nll(key, params, test):
+    """Held-out mean NLL and its standard error of one snapshot (a picklable job)."""
+    from .metrics import mean_and_stderr
+
+    log_p, _ = ROWS[key].evaluate(params).log_prob(test)
+    return mean_and_stderr(-log_p, "nll")
 
 
 def _row_seeds(seed, key):
@@ -329,8 +439,14 @@ class _Inline:
         fut.set_result(fn(*args, **kw))
         return fut
 
-    def shutdown(self):
+    def shutdown(self, wait=True, cancel_futures=False):
         pass
+
+
+def _ignore_sigint():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
 
 
 def _executor(jobs):
@@ -340,149 +456,65 @@ def _executor(jobs):
     from concurrent.futures import ProcessPoolExecutor
 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(method), initializer=_ignore_sigint)
 
 
-def _figure_settings(test, plot, log):
-    if not plot:
-        return None
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        log("matplotlib is not installed: the figure will be skipped (pip install matplotlib, or the 'plot' extra)")
-        return None
-    lim = float(np.ceil(np.quantile(np.abs(test), 0.995) * 1.15 * 2) / 2)
-    return (lim, DEFAULTS["grid"], DEFAULTS["n_traj"])
+def _stop(pool):
+    """Shut the pool down; on an interrupt, end its worker processes first."""
+    procs = getattr(pool, "_processes", None) or {}
+    for proc in list(procs.values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_demo(data="8gaussians", steps=None, seed=0, out=".", n_eval=None, plot=True, jobs=None, log=_print):
-    """Train, evaluate, write ``results.json`` (and ``demo.png``) in ``out``; return the results.
+def run_demo(data="8gaussians", steps=None, seed=0, out=".", n_eval=None, plot=True, jobs=None, log=_print,
+             quick=False):
+    """Train, evaluate, write ``results.json`` (and ``demo.png``, ``cost.png``) in ``out``.
 
     Parameters
     ----------
     data : one of fm_ref.distributions.TOY_DATASETS
-    steps : int, CFM training steps (default 2000); the other rows' budgets scale with it
+    steps : int, CFM training steps (default 8000, or 1500 with ``quick``); the other
+        rows' budgets scale with it
     seed : int, seeds every random stream (the results do not depend on ``jobs``)
-    out : str, an existing directory
+    out : str, an existing directory; every output file is checked writable before
+        training and written atomically (a temporary file, then a rename)
     n_eval : int, held-out points for NLL and W₂ (default 2000; W₂ costs O(n²) memory)
-    plot : bool, write the figure when matplotlib is importable
+    plot : bool, write the figures when matplotlib is importable
     jobs : int, worker processes (default: min(2, usable cores)); 1 runs everything here
-    log : callable(str), progress output
+    log : callable(str), progress output (a module-level function, for the workers)
+    quick : bool, the ``QUICK`` sizes: a first look in about 30 s
+
+    Returns
+    -------
+    dict, the contents of ``results.json`` (plus, in memory, the cost snapshots' params).
     """
     from ._validate import as_positive_int
-    from .bench import machine_info
-    from .distributions import TOY_DATASETS, make_toy
-    from .flows import gaussian_baseline_nll
-    from .metrics import wasserstein2
+    from .distributions import TOY_DATASETS
 
     if data not in TOY_DATASETS:
         raise ValueError(f"data: expected one of {sorted(TOY_DATASETS)}, got {data!r}")
-    steps = as_positive_int(DEFAULTS["steps"] if steps is None else steps, "steps")
-    n_eval = as_positive_int(DEFAULTS["n_eval"] if n_eval is None else n_eval, "n_eval", minimum=2)
+    sizes = dict(DEFAULTS, **(QUICK if quick else {}))
+    steps = as_positive_int(sizes["steps"] if steps is None else steps, "steps")
+    n_eval = as_positive_int(sizes["n_eval"] if n_eval is None else n_eval, "n_eval", minimum=2)
     if n_eval > MAX_EVAL:
         raise ValueError(f"n_eval: expected at most {MAX_EVAL} held-out points (W2 by assignment needs an "
                          f"n x n cost matrix), got {n_eval}")
     jobs = as_positive_int(min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else (os.cpu_count() or 1)) if jobs is None else jobs, "jobs")
-    if not os.path.isdir(out):
-        raise ValueError(f"out: expected an existing directory, got {out!r}")
-    t_start = time.perf_counter()
-    rng_data = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-    train = make_toy(data, DEFAULTS["n_train"], rng_data)
-    test, test_b = make_toy(data, n_eval, rng_data), make_toy(data, n_eval, rng_data)
-    log(f"fm-ref demo: '{data}', {train.shape[0]} training points, {n_eval} held-out points, seed {seed}, "
-        f"{jobs} worker process{'es' if jobs > 1 else ''}")
-    figure = _figure_settings(test, plot, log)
-    keys = list(ROWS)
-    pool = _executor(jobs)
+    from .demo_output import check_outputs
+
+    figure_ok = plot and _have_matplotlib(log)
+    outputs = check_outputs(out, ["results.json"] + (["demo.png", "cost.png"] if figure_ok else []))
+    from .demo_run import run
+
+    return run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, quick)
+
+
+def _have_matplotlib(log):
     try:
-        trained = [pool.submit(train_model, key, train, steps, _row_seeds(seed, key)[0]) for key in keys]
-        trained = [f.result() for f in trained]
-        log(f"training done at {time.perf_counter() - t_start:.1f} s; evaluating on {n_eval} held-out points "
-            f"(ODE rtol = atol = {DEFAULTS['eval_tol']:g}, DOP853, exact divergence)")
-        evals = [pool.submit(evaluate_model, job, test, _row_seeds(seed, job["key"])[1], figure) for job in trained]
-        floor = wasserstein2(test, test_b)
-        evals = [f.result() for f in evals]
-    finally:
-        pool.shutdown()
-    for r in evals:
-        log(f"  {r['name']:<20s} NLL {r['nll']:6.3f} ± {r['nll_se']:.3f}   W2 {r['w2']:.3f}   "
-            f"NFE {r['sample_nfe'] or '-'}   ({r['eval_seconds']:.1f} s)")
-        if "straightness" in r:
-            log(f"  {'':<20s} straightness {r['straightness']:.4f} (of {r['path_energy']:.3f})   W2 after Euler "
-                + ", ".join(f"{k[9:]} steps {v:.3f}" for k, v in r.items() if k.startswith("w2_euler_")))
-    records = [{k: v for k, v in r.items() if k not in ("samples", "density", "paths")} for r in evals]
-    results = {"fm_ref_version": __version__, "data": data, "seed": seed, "steps": steps, "jobs": jobs,
-               "budget": {key: ROWS[key].budget(steps) for key in keys},
-               "n_train": train.shape[0], "n_eval": n_eval, "eval_tol": DEFAULTS["eval_tol"],
-               "w2_floor": floor, "gaussian_nll": gaussian_baseline_nll(train, test), "models": records,
-               "machine": machine_info(), "figure": None}
-    if figure is not None:
-        start = time.perf_counter()
-        results["figure"] = os.path.join(out, "demo.png")
-        plot_demo(evals, train, test, results, figure[0], results["figure"])
-        log(f"figure: {results['figure']} ({time.perf_counter() - start:.1f} s)")
-    results["total_seconds"] = time.perf_counter() - t_start
-    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=1)
-        fh.write("\n")
-    return results
-
-
-def plot_demo(evals, train, test, results, lim, path):
-    """3 × (1 + rows) panels: samples (row 1), densities (row 2), maps and paths (row 3);
-    column 1 is the data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    g = DEFAULTS["grid"]
-    ncol = 1 + len(evals)
-    fig, axes = plt.subplots(3, ncol, figsize=(3.4 * ncol, 10.4), squeeze=False)
-    for j, name in enumerate(["data (held-out)"] + [r["name"] for r in evals]):
-        axes[0, j].set_title(name, fontsize=11)
-    pts = dict(s=1.5, alpha=0.4, linewidths=0)
-    axes[0, 0].scatter(test[:, 0], test[:, 1], color="k", **pts)
-    axes[1, 0].hist2d(train[:, 0], train[:, 1], bins=g, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
-    axes[0, 0].set_ylabel("samples", fontsize=11)
-    axes[1, 0].set_ylabel("density", fontsize=11)
-    axes[2, 1].set_ylabel("maps and paths", fontsize=11)
-    legend = None
-    for j, r in enumerate(evals, start=1):
-        x = r["samples"]
-        axes[0, j].scatter(x[:, 0], x[:, 1], color="C0", **pts)
-        axes[0, j].text(0.03, 0.03, f"W2 {r['w2']:.3f} (floor {results['w2_floor']:.3f})",
-                        transform=axes[0, j].transAxes, fontsize=8)
-        axes[1, j].imshow(r["density"], origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
-        axes[1, j].text(0.03, 0.03, f"NLL {r['nll']:.3f} ± {r['nll_se']:.3f}", color="w",
-                        transform=axes[1, j].transAxes, fontsize=8)
-        if r["family"] == "NF":
-            for line in r["paths"]:
-                axes[2, j].plot(line[:, 0], line[:, 1], color="C0", lw=0.6)
-            axes[2, j].set_title("image of the grid z ∈ [-3, 3]² under the flow", fontsize=9)
-            continue
-        xs = r["paths"]
-        axes[2, j].plot(xs[:, :, 0], xs[:, :, 1], color="0.6", lw=0.4, alpha=0.5)
-        axes[2, j].scatter(xs[0, :, 0], xs[0, :, 1], color="C1", s=3, label="t = 0 (noise)")
-        axes[2, j].scatter(xs[-1, :, 0], xs[-1, :, 1], color="C0", s=3, label="t = 1 (data)")
-        axes[2, j].set_title("ODE trajectories, t from 0 to 1", fontsize=9)
-        legend = legend or axes[2, j]
-    if legend is not None:
-        legend.legend(loc="upper right", fontsize=7, markerscale=3)
-    for ax in axes.ravel():
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    lines = [f"{results['data']}, seed {results['seed']}", f"W2 floor {results['w2_floor']:.3f}",
-             f"Gaussian NLL {results['gaussian_nll']:.3f}", ""]
-    lines += [f"{r['name']}: {r['train_steps']} steps, {r['train_seconds']:.0f} s" for r in results["models"]]
-    axes[2, 0].axis("off")
-    axes[2, 0].text(0.0, 1.0, "\n".join(lines), va="top", fontsize=9, family="monospace",
-                    transform=axes[2, 0].transAxes)
-    fig.suptitle("fm_ref demo: normalizing flow, CNF (maximum likelihood) and CFM on the same data", fontsize=13)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("matplotlib is not installed: the figures will be skipped (pip install matplotlib, or the 'plot' extra)")
+        return False
+    return True

@@ -151,7 +151,7 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
 
 
 def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, callback=None,
-              t_min=0.0, t_max=1.0, coupling=None):
+              t_min=0.0, t_max=1.0, coupling=None, workers=1):
     """Train v_θ by conditional flow matching: Adam on mini-batch L_CFM.
 
     Each step draws t ~ U[t_min, t_max), x₀ ~ N(0, I) and x₁ from ``data`` (rows drawn
@@ -176,6 +176,8 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
         Re-pairs each batch (``fm_ref.couplings.plans``: exact OT, entropic); with a
         pair-conditioned ``path`` (``fm_ref.couplings.paths.PairPath``) the target is
         u_t(x_t | x₀, x₁) instead: derivations/10-couplings.md (CPL.3)
+    workers : int, threads that share each step's batch (``fm_ref._split_grad.SplitGrad``);
+        the same batches, and the same result to rounding
 
     Returns
     -------
@@ -204,9 +206,16 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
     else:
         points = as_points(data, "data", dim=mlp.dim)
         source = _Rows(points)
+    workers = as_positive_int(workers, "workers")
     if params is None:
         params = mlp.init(rng)
     mlp.check_params(params)
+    if workers > 1:
+        from ._split_grad import SplitGrad
+
+        sq_error_and_grad = SplitGrad(mlp._sq_error_and_grad, workers)
+    else:
+        sq_error_and_grad = mlp._sq_error_and_grad
 
     sample_training_batch(source, 1, onp.random.default_rng(0), t_min, t_max)  # validates the range
     if isinstance(path, PairPath):
@@ -226,11 +235,11 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
             x_0, x_1 = coupling(x_0, x_1, rng)
         if isinstance(path, PairPath):  # (CPL.3)
             x_t, u_t = path._target(t, x_0, x_1, rng)
-            return mlp._sq_error_and_grad(p, x_t, t, u_t)
+            return sq_error_and_grad(p, x_t, t, u_t)
         tc = t[:, None]
         x_t = path._sigma(tc) * x_0 + path._alpha(tc) * x_1
         u_t = path._d_sigma(tc) * x_0 + path._d_alpha(tc) * x_1
-        return mlp._sq_error_and_grad(p, x_t, t, u_t)
+        return sq_error_and_grad(p, x_t, t, u_t)
 
     return adam(loss_and_grad, params, steps, lr=lr, callback=callback)
 

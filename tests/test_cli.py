@@ -193,23 +193,30 @@ def test_bench_quick_writes_json(capsys, tmp_path):
 DEMO_SMALL = ("demo", "--steps", "10", "--n-eval", "150", "--data", "moons")
 
 
-def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def few_checkpoints(monkeypatch):
+    from fm_ref import demo
+
+    monkeypatch.setitem(demo.DEFAULTS, "checkpoints", 2)  # the cost curves' evaluations: tests/test_demo.py
+
+
+def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch, few_checkpoints):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     code, out, _ = run(capsys, *DEMO_SMALL, "--jobs", "1", "--out", str(tmp_path))
     assert code == 0
-    assert "figure will be skipped" in out and "held-out vs held-out (floor)" in out
+    assert "figures will be skipped" in out and "held-out vs held-out (floor)" in out
     res = json.loads((tmp_path / "results.json").read_text())
     assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM", "CFM", "CFM", "CFM", "Diffusion"]
-    assert res["budget"] == {"nf": 2, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "i-cfm": 10, "ot-cfm": 10,
-                             "sb-cfm": 10, "ddpm-vp": 10}
+    assert res["budget"] == {"nf": 4, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "i-cfm": 2, "ot-cfm": 2,
+                             "sb-cfm": 2, "ddpm-vp": 2}
     for m in res["models"]:
         assert np.isfinite(m["nll"]) and m["w2"] > 0 and m["train_seconds"] > 0
     for m in (m for m in res["models"] if m["key"] in ("i-cfm", "ot-cfm", "sb-cfm")):  # CPL.17's measurements
         assert m["straightness"] >= -1e-4 * m["path_energy"] and all(m[f"w2_euler_{k}"] > 0 for k in (2, 4, 8))
-    assert res["figure"] is None and not (tmp_path / "demo.png").exists()
+    assert res["figures"] == {} and not (tmp_path / "demo.png").exists()
 
 
-def test_demo_in_two_processes_gives_the_same_numbers(capsys, tmp_path):
+def test_demo_in_two_processes_gives_the_same_numbers(capsys, tmp_path, few_checkpoints):
     """Each model has its own seed, so worker processes change nothing but the wall time."""
     one, two = tmp_path / "one", tmp_path / "two"
     assert run(capsys, *DEMO_SMALL, "--jobs", "1", "--no-plot", "--out", str(one))[0] == 0
@@ -218,7 +225,7 @@ def test_demo_in_two_processes_gives_the_same_numbers(capsys, tmp_path):
     assert [(m["nll"], m["w2"], m["sample_nfe"]) for m in a] == [(m["nll"], m["w2"], m["sample_nfe"]) for m in b]
 
 
-def test_demo_writes_the_figure(capsys, tmp_path, monkeypatch):
+def test_demo_writes_the_figure(capsys, tmp_path, monkeypatch, few_checkpoints):
     """The README's test command installs the 'plot' extra, so matplotlib is here."""
     import matplotlib  # noqa: F401  (a missing extra fails the test rather than skipping it)
 
@@ -228,7 +235,7 @@ def test_demo_writes_the_figure(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(demo.DEFAULTS, "n_traj", 20)
     code, out, _ = run(capsys, "demo", "--steps", "4", "--n-eval", "100", "--jobs", "1", "--out", str(tmp_path))
     assert code == 0
-    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert (tmp_path / "demo.png").stat().st_size > 10_000 and (tmp_path / "cost.png").stat().st_size > 10_000
 
 
 def test_demo_bad_arguments(capsys, tmp_path):

@@ -80,20 +80,49 @@ def bench_divergence(repeats, n=1000):
 
 def bench_cfm_training(repeats, steps=200):
     """CFM training steps per second: ``train_cfm`` with batch 256, MLP(2, (64, 64)),
-    CondOT, 8gaussians data, float64 (batch sampling and Adam included)."""
+    CondOT, 8gaussians data, float64 (batch sampling and Adam included), on one thread and
+    with the batch split over two (``workers=2``), and a PyTorch loop of the same model
+    when torch is importable (``fm_ref.bench.torch_reference``, 2 threads): alternating
+    rounds, so that a change in the machine's load hits every variant alike."""
     from ..distributions import make_toy
     from ..nn import MLP
     from ..paths import CondOT
     from ..train import train_cfm
+    from . import torch_reference
 
     rng = np.random.default_rng(0)
     data = make_toy("8gaussians", 10_000, rng)
     mlp = MLP(2, (64, 64))
     params = mlp.init(rng)
-    med, times, _ = median_time(lambda: train_cfm(mlp, CondOT(), data, steps, rng, batch=256, params=params),
-                                repeats)
-    return [_record("CFM training", f"{steps} steps, batch 256, MLP 2->64->64->2", med, times, steps / med,
-                    "steps/s", "train_cfm: batch draw, forward, backward, Adam")]
+    variants = {w: (lambda w=w: train_cfm(mlp, CondOT(), data, steps, rng, batch=256, params=params, workers=w))
+                for w in (1, 2)}
+    torch_step = torch_reference.make_step(data) if torch_reference.available() else None
+    times = {1: [], 2: [], "torch": []}
+    for fn in variants.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for w, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[w].append(time.perf_counter() - start)
+        if torch_step is not None:
+            times["torch"].append(steps / torch_reference.torch_cfm_rate(torch_step, steps))
+    size = f"{steps} steps, batch 256, MLP 2->64->64->2"
+    out = []
+    for w in (1, 2):
+        med = statistics.median(times[w])
+        note = "train_cfm: batch draw, forward, backward, Adam" + ("" if w == 1 else "; the batch split over 2 threads")
+        if times["torch"]:
+            ratios = [t / o for o, t in zip(times[w], times["torch"])]
+            note += (f"; rate / PyTorch per round: median {statistics.median(ratios):.2f}, "
+                     f"range {min(ratios):.2f}-{max(ratios):.2f}")
+        out.append(_record("CFM training" + ("" if w == 1 else ", workers=2"), size, med, times[w], steps / med,
+                           "steps/s", note))
+    if times["torch"]:
+        med = statistics.median(times["torch"])
+        out.append(_record("CFM training, PyTorch reference", size, med, times["torch"], steps / med, "steps/s",
+                           "torch, 2 threads, float64, the same MLP, batch, path and Adam (optional: torch found)"))
+    return out
 
 
 def bench_flow_log_prob(repeats, n=1000):
