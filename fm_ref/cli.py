@@ -259,7 +259,7 @@ def _check_rows(selected, report):
 
 def cmd_demo(args):
     from .demo import _print, _silent, run_demo
-    from .demo_run import report as demo_report
+    from .demo.run import report as demo_report
 
     created = top = None
     if not os.path.isdir(args.out):

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from fm_ref import cli, demo, demo_cost
-from fm_ref.demo_output import check_outputs, write_atomic
+from fm_ref import cli, demo
+from fm_ref.demo import cost as demo_cost
+from fm_ref.demo.output import check_outputs, write_atomic
 from fm_ref.distributions import make_toy
 
 COST_ROWS = ("nf", "cnf", "cfm-condot")
@@ -77,7 +78,7 @@ def test_results_json_holds_the_returned_numbers(cost_run):
 
 def test_gap_is_the_paired_difference_of_nlls(cost_run):
     res, test, _, _ = cost_run
-    from fm_ref.toy_truth import toy_log_prob
+    from fm_ref.toy.truth import toy_log_prob
 
     true_nll_here = float(np.mean(-toy_log_prob("8gaussians", test)))
     for m in res["models"]:
@@ -182,7 +183,7 @@ def test_quiet_run_says_what_it_replaced(small, capsys, tmp_path):
 
 
 def test_no_empty_folder_is_left_after_an_error_or_an_interrupt(small, capsys, tmp_path):
-    from fm_ref import demo_output
+    from fm_ref.demo import output as demo_output
 
     target = tmp_path / "new" / "deeper"
     code, _, err = run_cli(capsys, "demo", "--n-eval", "1", "--out", str(target))
@@ -205,7 +206,7 @@ def test_no_empty_folder_is_left_after_an_error_or_an_interrupt(small, capsys, t
 
 
 def demo_run_module():
-    from fm_ref import demo_run
+    from fm_ref.demo import run as demo_run
 
     return demo_run
 

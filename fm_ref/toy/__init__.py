@@ -19,7 +19,7 @@ spirals        two interleaved Archimedean spirals (r ∝ angle up to 3π), nois
 """
 import numpy as np
 
-from ._validate import as_generator, as_positive_int
+from .._validate import as_generator, as_positive_int
 
 __all__ = ["make_toy", "TOY_DATASETS"]
 

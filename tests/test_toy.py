@@ -1,4 +1,4 @@
-"""The true density and entropy of the toy sets with a closed form (fm_ref.toy_truth):
+"""The true density and entropy of the toy sets with a closed form (fm_ref.toy.truth):
 the quadrature entropy against Monte Carlo over ``make_toy``'s own samples (which also
 checks that the closed form is the data set's definition), the written-out mixture
 density against ``GaussianMixture``, the checkerboard's support and mass.
@@ -8,7 +8,7 @@ import pytest
 
 from fm_ref.distributions import GaussianMixture, make_toy
 from fm_ref.metrics import mean_and_stderr
-from fm_ref.toy_truth import CLOSED_FORM, eight_gaussians_mixture, toy_entropy, toy_log_prob
+from fm_ref.toy.truth import CLOSED_FORM, eight_gaussians_mixture, toy_entropy, toy_log_prob
 
 # Monte Carlo against quadrature: 5 standard errors (the project's z-bound).
 Z_MAX = 5.0

@@ -6,7 +6,7 @@
 - ``plot_cost``: held-out NLL against training wall-clock and against training NFE for
   the rows marked ``cost``, with the true NLL and the Gaussian baseline.
 
-Both write to a path given by the caller (a temporary file: ``fm_ref.demo_output``).
+Both write to a path given by the caller (a temporary file: ``fm_ref.demo.output``).
 """
 import textwrap
 
@@ -25,7 +25,7 @@ def _pyplot():
 
 
 def _true_density(data, lim, grid):
-    from .toy_truth import CLOSED_FORM, toy_log_prob
+    from ..toy.truth import CLOSED_FORM, toy_log_prob
 
     if data not in CLOSED_FORM:
         return None
@@ -36,7 +36,7 @@ def _true_density(data, lim, grid):
 
 def plot_demo(evals, train, test, results, lim, path):
     """Samples, densities and paths per model; column 1 is the data (see the module doc)."""
-    from .demo import DEFAULTS
+    from . import DEFAULTS
 
     plt = _pyplot()
     g = evals[0]["density"].shape[0] if evals else DEFAULTS["grid"]

@@ -20,7 +20,7 @@ import functools
 
 import numpy as np
 
-from ._validate import as_points
+from .._validate import as_points
 
 __all__ = ["CLOSED_FORM", "toy_log_prob", "toy_entropy", "eight_gaussians_mixture"]
 
@@ -36,7 +36,7 @@ _PANELS, _NODES = 32, 16
 
 def eight_gaussians_mixture():
     """The 8gaussians data set as an ``fm_ref.distributions.GaussianMixture``."""
-    from .distributions import GaussianMixture
+    from ..distributions import GaussianMixture
 
     angle = np.arange(8) * np.pi / 4.0
     means = 2.0 * np.stack([np.cos(angle), np.sin(angle)], axis=1)

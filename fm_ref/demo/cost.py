@@ -35,7 +35,7 @@ def cost_summary(curves, mle_key="cnf", fm_key="cfm-condot"):
 
     Parameters
     ----------
-    curves : dict key -> {'name', 'curve': [points]} (``fm_ref.demo_cost`` module doc)
+    curves : dict key -> {'name', 'curve': [points]} (``fm_ref.demo.cost`` module doc)
     mle_key, fm_key : the two rows compared
 
     Returns

@@ -9,18 +9,18 @@ import time
 
 import numpy as np
 
-from . import __version__
-from . import demo
-from .demo import _executor, _row_seeds, _stop, checkpoint_nll, evaluate_model, train_model
-from .demo_cost import cost_summary
-from .demo_output import write_atomic
+from .. import __version__
+from .. import demo
+from . import _executor, _row_seeds, _stop, checkpoint_nll, evaluate_model, train_model
+from .cost import cost_summary
+from .output import write_atomic
 
 __all__ = ["run", "report"]
 
 
 def _truth(data, test):
     """(true NLL record, log q at the test points) for a data set with a closed-form density."""
-    from .toy_truth import CLOSED_FORM, toy_entropy, toy_log_prob
+    from ..toy.truth import CLOSED_FORM, toy_entropy, toy_log_prob
 
     if data not in CLOSED_FORM:
         return {"value": None, "error": None, "method": f"'{data}' has no closed-form density"}, None
@@ -80,10 +80,10 @@ def _train_and_evaluate(pool, keys, train, test, seed, steps, sizes, figure, tru
 
 def run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, quick):
     """The demo proper (see ``fm_ref.demo.run_demo``)."""
-    from .bench import machine_info
-    from .distributions import make_toy
-    from .flows import gaussian_baseline_nll
-    from .metrics import wasserstein2
+    from ..bench import machine_info
+    from ..distributions import make_toy
+    from ..flows import gaussian_baseline_nll
+    from ..metrics import wasserstein2
 
     t_start = time.perf_counter()
     rng_data = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
@@ -126,7 +126,7 @@ def run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, qu
                "true_nll": truth, "w2_floor": floor, "gaussian_nll": gaussian_baseline_nll(train, test),
                "models": records, "cost": cost, "machine": machine_info(), "figures": {}, "replaced": []}
     if figure is not None:
-        from .demo_figures import plot_cost, plot_demo
+        from .figures import plot_cost, plot_demo
 
         start = time.perf_counter()
         for name, draw in (("demo.png", lambda f: plot_demo(evals, train, test, results, figure[0], f)),
@@ -153,7 +153,7 @@ def run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, qu
 
 def report(res):
     """The demo's results table, its cost table and the summary line (for the command line)."""
-    from .cli import fmt, format_table
+    from ..cli import fmt, format_table
 
     true = res["true_nll"]["value"]
     headers = ["model", "steps", "train s", "NLL (nats)", "± se", "gap to true", "± se", "W2", "NFE sample",

@@ -51,6 +51,6 @@ def write_atomic(path, data):
 
     Returns True when an existing file was replaced.
     """
-    from ._io import atomic_write_bytes
+    from .._io import atomic_write_bytes
 
     return atomic_write_bytes(path, data)

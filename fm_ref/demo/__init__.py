@@ -25,11 +25,11 @@ other rows' numbers unchanged.
 Each model is evaluated on held-out points: the exact negative log-likelihood (the flow's
 exact log-determinant; ``CNF.log_prob`` with the exact divergence for the continuous
 models) and, where the data's density is known in closed form, its gap to the true
-density on the same points (``fm_ref.toy_truth``); W₂ between model samples and held-out
+density on the same points (``fm_ref.toy.truth``); W₂ between model samples and held-out
 points by exact assignment, the floor W₂ between two held-out samples, training time,
 and the NFE of sampling. The rows marked ``cost`` are also evaluated at checkpoints
 during training: held-out NLL against training wall-clock and training NFE (the cost
-of likelihood training, ``fm_ref.demo_cost``). Derivation: derivations/08-evaluation.md (EVAL.1)
+of likelihood training, ``fm_ref.demo.cost``). Derivation: derivations/08-evaluation.md (EVAL.1)
 """
 import os
 import sys
@@ -177,8 +177,8 @@ def flow_model(flow, params):
 def _mlp_cnf(hidden):
     """Row.evaluate for an MLP velocity field 2 → hidden → 2 (the evaluation's ODE tolerance)."""
     def evaluate(params):
-        from .cnf import CNF
-        from .nn import MLP
+        from ..cnf import CNF
+        from ..nn import MLP
 
         return cnf_model(CNF.from_mlp(MLP(2, hidden), params, rtol=DEFAULTS["eval_tol"], atol=DEFAULTS["eval_tol"]))
     return evaluate
@@ -202,7 +202,7 @@ def _phased(run, steps, schedule, callback):
 
 
 def _train_nf(data, steps, rng, callback, schedule=None):
-    from .flows import default_flow, train_flow_mle
+    from ..flows import default_flow, train_flow_mle
 
     flow = default_flow(2)
     return _phased(lambda n, lr, p, cb: train_flow_mle(flow, data, n, rng, lr=lr, batch=256, params=p, callback=cb),
@@ -210,7 +210,7 @@ def _train_nf(data, steps, rng, callback, schedule=None):
 
 
 def _evaluate_nf(params):
-    from .flows import default_flow
+    from ..flows import default_flow
 
     return flow_model(default_flow(2), params)
 
@@ -218,9 +218,9 @@ def _evaluate_nf(params):
 def _train_cnf_mle(data, steps, rng, callback, schedule=None):
     """``fm_ref.adjoint.train_cnf_mle``'s loop (mini-batches of 128 without replacement,
     DOP853 at rtol 1e-4, atol 1e-5 in both passes), reporting each step's NFE."""
-    from .adjoint import adjoint_nll_grad
-    from .nn import MLP
-    from .train import adam
+    from ..adjoint import adjoint_nll_grad
+    from ..nn import MLP
+    from ..train import adam
 
     mlp = MLP(2, (64, 64))
     add_nfe = getattr(callback, "add_nfe", None)
@@ -239,9 +239,9 @@ def _train_cnf_mle(data, steps, rng, callback, schedule=None):
 
 def _train_cfm(path_name, schedule=None):
     def train(data, steps, rng, callback):
-        from . import paths
-        from .nn import MLP
-        from .train import train_cfm
+        from .. import paths
+        from ..nn import MLP
+        from ..train import train_cfm
 
         mlp, path = MLP(2, (64, 64)), getattr(paths, path_name)()
         return _phased(lambda n, lr, p, cb: train_cfm(mlp, path, data, n, rng, batch=256, lr=lr, params=p,
@@ -262,7 +262,7 @@ register(Row("cfm-condot", "CFM CondOT", "CFM", _train_cfm("CondOT"), _mlp_cnf((
 register(Row("cfm-cosine", "CFM Cosine", "CFM", _train_cfm("Cosine"), _mlp_cnf((64, 64)), scaled(1.0),
              "conditional flow matching, MLP 2->64->64->2, batch 256"))
 
-from .couplings.demo_rows import register_rows  # noqa: E402  (I-CFM, OT-CFM, SB-CFM; derivations/10-couplings.md)
+from ..couplings.demo_rows import register_rows  # noqa: E402  (I-CFM, OT-CFM, SB-CFM; derivations/10-couplings.md)
 
 register_rows()
 # The 3-minute budget of the default demo: the coupling and diffusion rows train for a
@@ -272,13 +272,13 @@ for _key in ("i-cfm", "ot-cfm", "sb-cfm"):
 
 
 def _train_ddpm(data, steps, rng, callback):
-    from .diffusion.experiment import train_eps_vp
+    from ..diffusion.experiment import train_eps_vp
 
     return train_eps_vp(data, steps, rng, callback=callback)[1:]
 
 
 def _evaluate_ddpm(params):
-    from .diffusion.experiment import EpsVPModel
+    from ..diffusion.experiment import EpsVPModel
 
     return EpsVPModel(params, tol=DEFAULTS["eval_tol"])
 
@@ -386,7 +386,7 @@ def evaluate_model(job, test, seed, figure=None, true_log_p=None):
     -------
     dict: the table's record, plus 'samples' (n, 2) and, with ``figure``, 'density' and 'paths'.
     """
-    from .metrics import mean_and_stderr, wasserstein2
+    from ..metrics import mean_and_stderr, wasserstein2
 
     row = ROWS[job["key"]]
     model = row.evaluate(job["params"])
@@ -416,7 +416,7 @@ def evaluate_model(job, test, seed, figure=None, true_log_p=None):
 
 def checkpoint_nll(key, params, test):
     """Held-out mean NLL and its standard error of one snapshot (a picklable job)."""
-    from .metrics import mean_and_stderr
+    from ..metrics import mean_and_stderr
 
     log_p, _ = ROWS[key].evaluate(params).log_prob(test)
     return mean_and_stderr(-log_p, "nll")
@@ -489,8 +489,8 @@ def run_demo(data="8gaussians", steps=None, seed=0, out=".", n_eval=None, plot=T
     -------
     dict, the contents of ``results.json`` (plus, in memory, the cost snapshots' params).
     """
-    from ._validate import as_positive_int
-    from .distributions import TOY_DATASETS
+    from .._validate import as_positive_int
+    from ..distributions import TOY_DATASETS
 
     if data not in TOY_DATASETS:
         raise ValueError(f"data: expected one of {sorted(TOY_DATASETS)}, got {data!r}")
@@ -502,11 +502,11 @@ def run_demo(data="8gaussians", steps=None, seed=0, out=".", n_eval=None, plot=T
                          f"n x n cost matrix), got {n_eval}")
     jobs = as_positive_int(min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else (os.cpu_count() or 1)) if jobs is None else jobs, "jobs")
-    from .demo_output import check_outputs
+    from .output import check_outputs
 
     figure_ok = plot and _have_matplotlib(log)
     outputs = check_outputs(out, ["results.json"] + (["demo.png", "cost.png"] if figure_ok else []))
-    from .demo_run import run
+    from .run import run
 
     return run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, quick)
 
