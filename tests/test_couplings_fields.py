@@ -337,3 +337,81 @@ def test_ot_cfm_is_closer_to_the_ot_field_than_i_cfm():
         errs.append(field.field_error(lambda x, t: mlp(params, x, t), np.random.default_rng(2)))
     (e_i, se_i), (e_ot, se_ot) = errs
     assert e_i - e_ot > 5.0 * np.hypot(se_i, se_ot)
+
+
+# ------------------------------------------------------------------ edge cases (mutation run)
+
+
+def test_entropic_field_in_1d_is_the_bridge_joint():
+    """(CPL.13) In 1-D the bridge σW pairs x₀, x₁ with density ∝ N₀N₁-reweighted
+    exp(−(x₁ − x₀)²/(2σ²)), so the joint precision's off-diagonal is −1/σ²: with
+    Cov = [[s0², c], [c, s1²]] that is c/(s0²s1² − c²) = 1/σ², i.e. c² + σ²c − s0²s1² = 0,
+    c = √(s0²s1² + σ⁴/4) − σ²/2 (the positive root).
+
+    Derivation: derivations/10-couplings.md (CPL.13)"""
+    s0, s1 = 0.7, 1.6
+    for sigma in (0.3, 1.0):
+        c = np.sqrt(s0**2 * s1**2 + sigma**4 / 4) - sigma**2 / 2
+        for path in (BrownianBridge(sigma), ConstantSigma(sigma)):
+            field = GaussianCouplingField.entropic([0.0], [[s0**2]], [1.0], [[s1**2]], path)
+            # two square roots and an eigh of 1×1 matrices: a few ulps
+            assert field.C[0, 0] == pytest.approx(c, rel=1e-12)
+
+
+def test_pair_mixture_takes_empirical_sets_and_arrays_alike():
+    """(CPL.9) An Empirical set with weights w is the array of its points with the
+    independent plan w₀w₁ᵀ: the same density and velocity.
+
+    Derivation: derivations/10-couplings.md (CPL.9)"""
+    from fm_ref.distributions import Empirical
+
+    x_0, x_1, a, b = example_sets(seed=30, n0=3, n1=4, weights=True)
+    path = BrownianBridge(0.5)
+    x = np.random.default_rng(31).normal(size=(5, 2))
+    t = np.full(5, 0.4)
+    from_sets = PairMixture(Empirical(x_0, a), Empirical(x_1, b), None, path)
+    from_arrays = PairMixture(x_0, x_1, np.outer(a, b), path)
+    # the same sums in the same order
+    np.testing.assert_allclose(from_sets.log_prob(x, t), from_arrays.log_prob(x, t), rtol=1e-14)
+    np.testing.assert_allclose(from_sets.velocity(x, t), from_arrays.velocity(x, t), rtol=1e-12, atol=1e-14)
+    # arrays alone: uniform weights
+    uniform = PairMixture(x_0, x_1, None, path)
+    np.testing.assert_allclose(uniform.log_prob(x, t), PairMixture(x_0, x_1, np.full((3, 4), 1 / 12), path).log_prob(x, t),
+                               rtol=1e-14)
+
+
+@pytest.mark.parametrize("t", [0.0, 1.0])
+def test_pair_mixture_raises_where_sigma_t_vanishes(t):
+    """(CPL.9) σ_t = 0 (the bridge at t = 0, 1): p_t is a sum of point masses, no density.
+
+    Derivation: derivations/10-couplings.md (CPL.9)"""
+    x_0, x_1, _, _ = example_sets(seed=32)
+    mix = PairMixture(x_0, x_1, None, BrownianBridge(0.5))
+    with pytest.raises(ValueError, match=r"^t: σ_t = 0 here"):
+        mix.log_prob(np.zeros((2, 2)), t)
+
+
+def test_pair_mixture_drops_zero_weight_sources_from_the_components():
+    """(CPL.9) Only pairs with π_ij > 0 are components; a source point of weight 0 adds none.
+
+    Derivation: derivations/10-couplings.md (CPL.9)"""
+    x_0, x_1, _, _ = example_sets(seed=33, n0=3, n1=2)
+    plan = np.array([[0.25, 0.25], [0.0, 0.0], [0.5, 0.0]])
+    i, j = PairMixture(x_0, x_1, plan, ConstantSigma(0.3)).components()
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 0), (0, 1), (2, 0)]
+
+
+@pytest.mark.parametrize("r", [0.0, 1.0])
+def test_schedule_map_of_a_path_to_itself_is_the_identity_at_the_ends(r):
+    """(CPL.15) ρ(t_r) = ρ̄(r) with the same path gives t_r = r, s_r = 1, ṫ_r = 1, ṡ_r = 0,
+    including at the ends, where the SNR is exactly ρ(0) = 0 and ρ(1) = 1/σ_min (σ_min = ½,
+    so 1/σ_min · σ_min = 1 is exact).
+
+    Derivation: derivations/10-couplings.md (CPL.15)"""
+    path = CondOT(0.5)
+    t, s, dt, ds = schedule_map(path, CondOT(0.5), r)
+    # the endpoints are returned as exact constants; ṫ, ṡ are ratios of exact floats
+    assert (t, s) == (r, 1.0)
+    assert dt == pytest.approx(1.0, rel=1e-15) and ds == pytest.approx(0.0, abs=1e-15)
+    v = change_schedule(lambda x, tt: x + tt[:, None], path, CondOT(0.5), np.ones((2, 2)), r)
+    np.testing.assert_allclose(v, 1.0 + r, rtol=1e-15)

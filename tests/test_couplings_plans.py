@@ -220,3 +220,48 @@ def test_sinkhorn_and_lp_results_are_float64_and_deterministic():
     res = sinkhorn(x_0, x_far, 0.5, a, b)
     assert np.all(np.isfinite(res.plan)) and res.marginal_error <= SINKHORN_TOL
     assert np.exp(-cost_matrix(x_0, x_far) / 0.5).max() == 0.0
+
+
+# ------------------------------------------------------------------ edge cases (mutation run)
+
+
+def test_entropic_coupling_returns_source_rows_then_target_rows():
+    """(CPL.8) The pair is (x₀ᵢ, x₁ⱼ): every returned first row is a row of the source
+    batch and every second row one of the target batch (the batches are disjoint).
+
+    Derivation: derivations/10-couplings.md (CPL.8)"""
+    rng = np.random.default_rng(20)
+    x_0, x_1 = rng.normal(size=(6, 2)), rng.normal(size=(6, 2)) + 5.0
+    y_0, y_1 = EntropicCoupling(1.0)(x_0, x_1, np.random.default_rng(21))
+    # membership is exact: the rows are copied, not computed
+    assert all(any(np.array_equal(y, x) for x in x_0) for y in y_0)
+    assert all(any(np.array_equal(y, x) for x in x_1) for y in y_1)
+
+
+def test_zero_weights_are_accepted_where_non_negative_weights_are_allowed():
+    """(CPL.5) A point of weight 0 carries no mass: the LP plan with it equals the plan without
+    it (its row is zero), and the independent plan is still the outer product.
+
+    Derivation: derivations/10-couplings.md (CPL.4) (CPL.5)"""
+    x_0, x_1, _, _ = example_sets(seed=22, n0=4, n1=3)
+    a = np.array([0.5, 0.25, 0.25, 0.0])
+    plan, cost = ot_plan(x_0, x_1, a=a)
+    plan_3, cost_3 = ot_plan(x_0[:3], x_1, a=a[:3])
+    np.testing.assert_array_equal(plan[3], 0.0)
+    # LP optima of the same problem: equal to the LP's feasibility tolerance
+    assert np.max(np.abs(plan[:3] - plan_3)) <= LP_MARGINAL_TOL and cost == pytest.approx(cost_3, rel=1e-9)
+    b = np.array([0.0, 1.0])
+    np.testing.assert_array_equal(independent_plan(a, b), a[:, None] * b[None, :])
+
+
+def test_sinkhorn_max_iter_counts_exactly_the_iterations_made():
+    """(CPL.7) max_iter = the iterations a run needs suffices; one fewer raises.
+
+    Derivation: derivations/10-couplings.md (CPL.7)"""
+    x_0, x_1, _, _ = example_sets(seed=7)
+    k = sinkhorn(x_0, x_1, 0.1).iterations
+    assert k >= 3
+    res = sinkhorn(x_0, x_1, 0.1, max_iter=k)
+    assert res.iterations == k and res.marginal_error <= SINKHORN_TOL
+    with pytest.raises(RuntimeError, match=f"max_iter = {k - 1} "):
+        sinkhorn(x_0, x_1, 0.1, max_iter=k - 1)
