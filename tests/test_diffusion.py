@@ -267,3 +267,68 @@ def test_bad_kinds_weights_and_ranges_raise():
         train_diffusion(MLP(1, (4,)), CondOT(), data, 1, np.random.default_rng(0), kind="eps", weight="cfm")
     with pytest.raises(ValueError, match=r"^kind:"):
         train_diffusion(MLP(1, (4,)), CondOT(), data, 1, np.random.default_rng(0), kind="noise")
+
+
+# ------------------------------------------------------------------ mutation-run additions
+
+
+@pytest.mark.parametrize("which", ["conditional", "marginal"])
+def test_quadrature_losses_run_with_their_default_node_counts(which):
+    """The default n_t, n_x give a usable loss: within 1e-2 of a refined rule (DIF.10).
+
+    Derivation: derivations/09-diffusion.md (DIF.10)
+    """
+    target, path, model = mixture_1d(), Cosine(), MLP(1, (8,))
+    params = model.init(np.random.default_rng(7))
+    quad = conditional_loss_quadrature if which == "conditional" else marginal_loss_quadrature
+    default = quad(model, params, path, target, "x1")
+    refined = quad(model, params, path, target, "x1", n_t=32, n_x=48)
+    # the defaults are documented as a quick look, about 1e-3 relative (fm_ref.losses.cfm_quadrature_nodes)
+    assert np.isfinite(default) and abs(default - refined) <= 1e-2 * abs(refined)
+
+
+@pytest.mark.parametrize("which", ["conditional", "marginal"])
+def test_quadrature_loss_is_linear_in_its_weight(which):
+    """L^λ is linear in λ: λ ≡ 2 gives 2 L^None, and L^(λ₁+λ₂) = L^λ₁ + L^λ₂ (DIF.10).
+
+    Derivation: derivations/09-diffusion.md (DIF.10)
+    """
+    target, path, model = mixture_1d(), Cosine(), MLP(1, (8,))
+    params = model.init(np.random.default_rng(8))
+    quad = conditional_loss_quadrature if which == "conditional" else marginal_loss_quadrature
+    kw = dict(n_t=8, n_x=16, t_max=0.9)
+
+    def loss(weight):
+        return quad(model, params, path, target, "eps", weight=weight, **kw)
+
+    plain = loss(None)
+    # the same sum with every term doubled: a few ulps apart at most
+    assert loss(lambda t: np.full_like(t, 2.0)) == pytest.approx(2.0 * plain, rel=CLOSED_RTOL)
+    lam_1, lam_2 = (lambda t: 1.0 + t**2), (lambda t: 3.0 * (1.0 - t))
+    assert loss(lambda t: lam_1(t) + lam_2(t)) == pytest.approx(loss(lam_1) + loss(lam_2), rel=CLOSED_RTOL)
+
+
+def test_train_diffusion_draws_its_times_in_the_requested_range(monkeypatch):
+    """Every batch's t lies in [t_min, t_max) = [0.2, 0.7) and spreads over it (DIF.10).
+
+    Derivation: derivations/09-diffusion.md (DIF.10)
+    """
+    import fm_ref.diffusion.train as train_module
+
+    seen = []
+    real = train_module._conditional_target
+
+    def spy(path, kind, t, x_0, x_1):
+        seen.append(np.array(t, dtype=float))
+        return real(path, kind, t, x_0, x_1)
+
+    monkeypatch.setattr(train_module, "_conditional_target", spy)
+    data = mixture_1d().sample(50, np.random.default_rng(0))
+    train_diffusion(MLP(1, (4,)), CondOT(), data, 3, np.random.default_rng(9), kind="eps", batch=200,
+                    t_min=0.2, t_max=0.7)
+    batches = [t for t in seen if t.shape == (200,)]
+    assert len(batches) == 3
+    t = np.concatenate(batches)
+    assert np.all((t >= 0.2) & (t < 0.7))
+    # 600 uniform draws: the chance that none falls within 0.02 of an end is (1 − 0.04)^600 ≈ 2e-11
+    assert t.min() < 0.22 and t.max() > 0.68

@@ -353,3 +353,76 @@ def test_the_demo_model_and_the_experiment_run_end_to_end():
     # the velocity error is the ε error times w_eps(t) = D²/α² exactly (DIF.9): 100 at t = 0 on VP
     for t, own, vel in rows:
         assert vel == pytest.approx(cfm_weight(VP(), "eps", t) * own, rel=1e-10)
+
+
+# ------------------------------------------------------------------ mutation-run additions
+
+
+@pytest.mark.parametrize("kind", ["eps", "v", "x1"])
+def test_probability_flow_cnf_push_forward_solves_the_converted_ode(kind):
+    """flow.push_forward = scipy's solution of dx/dt = as_velocity_model(...) from 0.2 to 0.8 (DIF.6).
+
+    Derivation: derivations/09-diffusion.md (DIF.6)
+    """
+    from scipy.integrate import solve_ivp
+
+    mlp = MLP(2, (8,), "tanh")
+    params = mlp.init(np.random.default_rng(3))
+    path, t0, t1 = Cosine(), 0.2, 0.8
+    flow = probability_flow_cnf(mlp, params, path, kind, rtol=1e-11, atol=1e-11)
+    x = np.random.default_rng(4).normal(size=(3, 2))
+    got = flow.push_forward(x, t0, t1).x
+    field = as_velocity_model(mlp.apply, path, kind)
+    sol = solve_ivp(lambda t, y: np.ravel(field(params, y.reshape(3, 2), t)), (t0, t1), x.ravel(),
+                    method="RK45", rtol=1e-11, atol=1e-11)
+    assert sol.status == 0
+    # two different solvers at rtol = atol = 1e-11 over an O(1) flow: agreement to ~1e-9
+    assert rel_err(got, sol.y[:, -1].reshape(3, 2)) <= 1e-8
+
+
+def test_sample_sde_denoises_at_the_last_grid_time():
+    """denoise=True returns E[x₁ | X] at ts[-1] of the undenoised run (Tweedie, DIF.3).
+
+    Derivation: derivations/09-diffusion.md (DIF.3)
+    """
+    from fm_ref.marginal import posterior_mean
+
+    target, path = mixture_1d(), VP()
+    pred, ts = Predictor.exact(target, path), np.linspace(0.1, 0.9, 9)
+    x = np.random.default_rng(1).normal(size=(5, 1))
+    plain = sample_sde(pred, x, ts, np.random.default_rng(2))
+    denoised = sample_sde(pred, x, ts, np.random.default_rng(2), denoise=True)
+    kept = sample_sde(pred, x, ts, np.random.default_rng(2), denoise=True, keep=True)
+    want = posterior_mean(target, path, plain, 0.9)
+    # the same closed form evaluated at the same state and time: a few ulps
+    assert rel_err(denoised, want) <= CLOSED_RTOL
+    plain_kept = sample_sde(pred, x, ts, np.random.default_rng(2), keep=True)
+    assert np.array_equal(kept[:-1], plain_kept[:-1]) and rel_err(kept[-1], want) <= CLOSED_RTOL
+    # the denoiser at ts[0] differs by O(1): the check can tell the two times apart
+    assert rel_err(posterior_mean(target, path, plain, 0.1), want) > REJECT_MIN
+
+
+def test_sample_ddim_noise_needs_a_generator_and_comes_from_it():
+    """η > 0 draws from rng (two seeds differ) and needs a Generator up front; η = 0 ignores it (DIF.14).
+
+    Derivation: derivations/09-diffusion.md (DIF.14)
+    """
+    pred, ts = Predictor.exact(mixture_1d(), Cosine()), np.linspace(0.1, 0.9, 5)
+    x = np.random.default_rng(0).normal(size=(4, 1))
+    for eta in (0.5, 1.0):
+        a = sample_ddim(pred, x, ts, eta=eta, rng=np.random.default_rng(1))
+        b = sample_ddim(pred, x, ts, eta=eta, rng=np.random.default_rng(2))
+        assert rel_err(a, b) > REJECT_MIN
+        # a single step ending at t = 1 (τ = 0 there) still needs the Generator that η > 0 asks for
+        with pytest.raises(TypeError, match=r"^rng:"):
+            sample_ddim(pred, x, [0.5, 1.0], eta=eta)
+    det = [sample_ddim(pred, x, ts, eta=0.0, rng=np.random.default_rng(s)) for s in (1, 2)]
+    assert np.array_equal(det[0], det[1])
+
+
+def test_forward_kernel_allows_an_exactly_zero_variance():
+    """Constant SNR (α = σ = 0.3): ς² = 0 exactly, a deterministic kernel x_s = x_t, not an error (DIF.12).
+
+    Derivation: derivations/09-diffusion.md (DIF.12)
+    """
+    assert forward_kernel(_AlmostConstantSNR(0.0), 0.25, 0.75) == (1.0, 0.0)
