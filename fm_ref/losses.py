@@ -56,14 +56,17 @@ def _check_target(target):
         raise TypeError(f"target: expected a GaussianMixture (or Empirical), got {type(target).__name__}")
 
 
-def _validate_batch(path, t, x_0, x_1):
+def _validate_batch(path, t, x_0, x_1, check_d_sigma=True):
+    """(t (n,), x_0, x_1) checked; σ'_t checked finite unless ``check_d_sigma`` is False
+    (for targets that do not use it)."""
     _check_path(path)
     x_0 = as_points(x_0, "x_0")
     x_1 = as_points(x_1, "x_1", dim=x_0.shape[1], n=x_0.shape[0])
     t = as_time(t, n=x_0.shape[0])
     if onp.ndim(t) == 0:
         t = onp.full(x_0.shape[0], t)
-    path._check_d_sigma(t)
+    if check_d_sigma:
+        path._check_d_sigma(t)
     return t, x_0, x_1
 
 

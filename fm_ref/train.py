@@ -6,7 +6,7 @@ an optional ``callback(step, loss, params)``; training loops never print by them
 """
 import numpy as onp
 
-from ._validate import as_finite_float, as_generator, as_positive_int
+from ._validate import as_finite_float, as_generator, as_points, as_positive_int
 
 __all__ = ["adam", "tree_map", "tree_flatten", "train_cfm"]
 
@@ -188,7 +188,6 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
     from .losses import conditional_target, sample_training_batch
     from .nn import MLP
     from .paths import AffinePath
-    from ._validate import as_points
     from .couplings.paths import PairPath
 
     if not isinstance(mlp, MLP):
@@ -199,13 +198,7 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
         raise TypeError(f"coupling: expected a callable coupling(x_0, x_1, rng), got {type(coupling).__name__}")
     rng = as_generator(rng)
     batch = as_positive_int(batch, "batch")
-    if hasattr(data, "sample"):
-        source = data
-        if getattr(data, "dim", mlp.dim) != mlp.dim:
-            raise ValueError(f"data: expected a distribution in dimension {mlp.dim} (the MLP's), got {data.dim}")
-    else:
-        points = as_points(data, "data", dim=mlp.dim)
-        source = _Rows(points)
+    source = _data_source(data, mlp.dim)
     workers = as_positive_int(workers, "workers")
     if params is None:
         params = mlp.init(rng)
@@ -242,6 +235,16 @@ def train_cfm(mlp, path, data, steps, rng, batch=256, lr=1e-3, params=None, call
         return sq_error_and_grad(p, x_t, t, u_t)
 
     return adam(loss_and_grad, params, steps, lr=lr, callback=callback)
+
+
+def _data_source(data, dim):
+    """What a training loop draws x₁ from: a distribution with ``sample(n, rng)`` and ``dim``
+    (checked against ``dim``), or the rows of a data array (n, dim), drawn by ``_Rows``."""
+    if hasattr(data, "sample"):
+        if getattr(data, "dim", dim) != dim:
+            raise ValueError(f"data: expected a distribution in dimension {dim} (the MLP's), got {data.dim}")
+        return data
+    return _Rows(as_points(data, "data", dim=dim))
 
 
 class _Rows:

@@ -23,7 +23,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from .._validate import as_points, as_time
-from ..losses import _check_model, _check_path, _check_target, cfm_quadrature_nodes, fm_quadrature_nodes
+from ..losses import _check_model, _check_path, _check_target, _validate_batch, cfm_quadrature_nodes, fm_quadrature_nodes
 from ..marginal import marginal_score, marginal_velocity, posterior_mean, posterior_noise_mean
 from ..paths import KINDS, _col, _require_nonzero
 
@@ -40,13 +40,8 @@ def check_kind(kind, name="kind"):
 
 
 def _batch(path, t, x_0, x_1):
-    _check_path(path)
-    x_0 = as_points(x_0, "x_0")
-    x_1 = as_points(x_1, "x_1", dim=x_0.shape[1], n=x_0.shape[0])
-    t = as_time(t, n=x_0.shape[0])
-    if onp.ndim(t) == 0:
-        t = onp.full(x_0.shape[0], t)
-    return t, x_0, x_1
+    """The batch checked as ``fm_ref.losses`` does; σ'_t is checked where a kind needs it."""
+    return _validate_batch(path, t, x_0, x_1, check_d_sigma=False)
 
 
 def _conditional_target(path, kind, t, x_0, x_1):

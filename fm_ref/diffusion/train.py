@@ -7,9 +7,9 @@ and no weight it reproduces ``train_cfm`` bit for bit.
 """
 import numpy as onp
 
-from .._validate import as_generator, as_points, as_positive_int
+from .._validate import as_generator, as_positive_int
 from ..losses import sample_training_batch
-from ..train import _Rows, adam
+from ..train import _data_source, adam
 from .losses import _conditional_target, check_kind, time_weight
 
 __all__ = ["train_diffusion"]
@@ -64,12 +64,7 @@ def train_diffusion(mlp, path, data, steps, rng, kind="eps", weight=None, batch=
     check_kind(kind)
     rng = as_generator(rng)
     batch = as_positive_int(batch, "batch")
-    if hasattr(data, "sample"):
-        source = data
-        if getattr(data, "dim", mlp.dim) != mlp.dim:
-            raise ValueError(f"data: expected a distribution in dimension {mlp.dim} (the MLP's), got {data.dim}")
-    else:
-        source = _Rows(as_points(data, "data", dim=mlp.dim))
+    source = _data_source(data, mlp.dim)
     if params is None:
         params = mlp.init(rng)
     mlp.check_params(params)
