@@ -3,7 +3,8 @@ pass flag. The tests and ``fm-ref verify`` call the same functions.
 
 A check is registered with ``@register(name, route, group)``; it takes no arguments,
 is deterministic (fixed seeds), and returns a ``CheckResult``. Every registered check
-is run by ``run_checks()``; the groups are 'foundation', 'cnf' and 'flows'.
+is run by ``run_checks()``; the groups are 'foundation', 'cnf', 'flows', 'diffusion' and
+'couplings'.
 """
 import dataclasses
 import time
