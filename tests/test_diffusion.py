@@ -332,3 +332,18 @@ def test_train_diffusion_draws_its_times_in_the_requested_range(monkeypatch):
     assert np.all((t >= 0.2) & (t < 0.7))
     # 600 uniform draws: the chance that none falls within 0.02 of an end is (1 − 0.04)^600 ≈ 2e-11
     assert t.min() < 0.22 and t.max() > 0.68
+
+
+# ---- mutation sample: a non-None weight reaches the loss ----
+
+@pytest.mark.parametrize("kind", ["eps", "velocity"])
+def test_train_diffusion_weight_scales_recorded_loss(kind):
+    """λ ≡ 3 on the same draws (same seed) records exactly 3× the uniform loss at the first step."""
+    data = np.random.default_rng(5).standard_normal((32, 2))
+    mlp = MLP(2, (8,))
+    _, l1 = train_diffusion(mlp, CondOT(), data, 2, np.random.default_rng(6), kind=kind, batch=16)
+    _, l3 = train_diffusion(mlp, CondOT(), data, 2, np.random.default_rng(6), kind=kind, batch=16,
+                            weight=lambda t: 3.0 * np.ones_like(t))
+    assert np.all(np.isfinite(l3))
+    # same params and batch, the loss a sum of squares times 3: equal to a few ulps
+    np.testing.assert_allclose(l3[0], 3.0 * l1[0], rtol=1e-12)

@@ -426,3 +426,47 @@ def test_forward_kernel_allows_an_exactly_zero_variance():
     Derivation: derivations/09-diffusion.md (DIF.12)
     """
     assert forward_kernel(_AlmostConstantSNR(0.0), 0.25, 0.75) == (1.0, 0.0)
+
+
+# ---- mutation sample: the Predictor cache and repr, the time and grid checks ----
+
+def test_from_model_cache_evaluates_once_per_point_and_tracks_shape():
+    """Two kinds at one (x, t) cost one model call; a new x of another shape at the same t is re-evaluated."""
+    mlp = MLP(2, (8,), "tanh")
+    params = mlp.init(np.random.default_rng(11))
+    calls = []
+
+    def model(p, x, t):
+        calls.append(np.shape(x))
+        return mlp(p, x, t)
+
+    path, rng = VP(), np.random.default_rng(12)
+    pred = Predictor.from_model(model, params, path, "eps")
+    fresh = Predictor.from_model(mlp, params, path, "eps")  # no shared cache
+    x3, x5, t = rng.standard_normal((3, 2)), rng.standard_normal((5, 2)), 0.4
+    pred(x3, t, "velocity")
+    pred(x3, t, "x1")
+    assert len(calls) == 1  # the cache served the second kind at the same (x, t)
+    for x in (x3, x5, x3):
+        for to in ("velocity", "x1"):
+            # same arithmetic on the same inputs, cached or not: equal to rounding
+            np.testing.assert_allclose(pred(x, t, to), fresh(x, t, to), rtol=1e-13, atol=1e-13)
+
+
+def test_predictor_repr_names_description_and_path():
+    path = CondOT()
+    r = repr(Predictor.from_model(MLP(2, (4,)), MLP(2, (4,)).init(np.random.default_rng(0)), path, "eps"))
+    assert isinstance(r, str) and "model predicting 'eps'" in r and repr(path) in r
+
+
+def test_times_reject_s_above_one():
+    with pytest.raises(ValueError, match="^s"):
+        forward_kernel(VP(), 1.5, 1.0)
+
+
+def test_check_grid_rejects_repeated_time():
+    from fm_ref.diffusion.sde import check_grid
+    with pytest.raises(ValueError, match="^grid"):
+        check_grid(np.array([0.0, 0.5, 0.5, 1.0]), "grid")
+    with pytest.raises(ValueError, match="^ts"):
+        check_grid([0.0, 0.5, 0.5, 1.0])
