@@ -415,3 +415,107 @@ def test_schedule_map_of_a_path_to_itself_is_the_identity_at_the_ends(r):
     assert dt == pytest.approx(1.0, rel=1e-15) and ds == pytest.approx(0.0, abs=1e-15)
     v = change_schedule(lambda x, tt: x + tt[:, None], path, CondOT(0.5), np.ones((2, 2)), r)
     np.testing.assert_allclose(v, 1.0 + r, rtol=1e-15)
+
+
+# ------------------------------------------------------------------ mutation-sample gaps
+
+
+def test_bridge_regression_target_is_the_time_derivative_of_its_sample():
+    """(CPL.3) The bridge's target u = (x₁ − x₀) + σ'_t ε equals d/dt[μ_t + σ_t ε] at fixed
+    (x₀, x₁, ε) and the conditional velocity at the returned x_t; ε is recovered from x_t.
+
+    Derivation: derivations/10-couplings.md (CPL.3)"""
+    path = BrownianBridge(0.8)
+    rng = np.random.default_rng(5)
+    x_0, x_1 = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+    t = np.array([0.1, 0.2, 0.35, 0.5, 0.7, 0.9])
+    x_t, u = path.regression_target(t, x_0, x_1, np.random.default_rng(11))
+    sig = 0.8 * np.sqrt(t * (1 - t))
+    eps = (x_t - (1 - t)[:, None] * x_0 - t[:, None] * x_1) / sig[:, None]
+    h = 1e-5
+    d_dt = (path.sample(x_0, x_1, t + h, eps) - path.sample(x_0, x_1, t - h, eps)) / (2 * h)
+    # central differences: O(h²) truncation plus O(1e-16/h) rounding, both ≪ 1e-7
+    np.testing.assert_allclose(u, d_dt, rtol=1e-7, atol=1e-7)
+    # rounding only: the same quantity by the (x − μ_t) form
+    np.testing.assert_allclose(u, path.conditional_velocity(x_t, x_0, x_1, t), rtol=1e-10, atol=1e-12)
+
+
+def test_gaussian_field_log_prob_matches_scipy():
+    """(CPL.11) log N(x; m_t, Σ_t) against scipy's multivariate normal at the same m_t, Σ_t.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    S0, S1 = np.array([[1.0, 0.3], [0.3, 0.5]]), np.array([[0.7, -0.2], [-0.2, 1.2]])
+    field = GaussianCouplingField.optimal(np.array([0.5, -1.0]), S0, np.array([1.0, 2.0]), S1, ConstantSigma(0.2))
+    x = np.random.default_rng(2).normal(size=(5, 2))
+    for t in (0.0, 0.3, 1.0):
+        ref = multivariate_normal(field.mean(t), field.cov(t)).logpdf(x)
+        # rounding in the solve and log-determinant of a well-conditioned 2×2
+        np.testing.assert_allclose(field.log_prob(x, t), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_gaussian_field_float_and_array_time_agree():
+    """(CPL.11) A float t and an array t of the same value give the same log p_t and u_t.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    S0, S1 = np.array([[1.0, 0.3], [0.3, 0.5]]), np.array([[0.7, -0.2], [-0.2, 1.2]])
+    field = GaussianCouplingField.independent(np.zeros(2), S0, np.ones(2), S1, BrownianBridge(0.5))
+    x = np.random.default_rng(3).normal(size=(4, 2))
+    t = np.full(4, 0.4)
+    # identical arithmetic up to broadcasting: only rounding may differ
+    np.testing.assert_allclose(field.log_prob(x, 0.4), field.log_prob(x, t), rtol=1e-14, atol=0)
+    np.testing.assert_allclose(field.velocity(x, 0.4), field.velocity(x, t), rtol=1e-14, atol=0)
+    assert field.log_prob(x, 0.4).shape == (4,) and field.velocity(x, 0.4).shape == (4, 2)
+
+
+@pytest.mark.parametrize("S1", [np.eye(3)[:2], np.eye(3)])
+def test_gaussian_field_rejects_a_covariance_of_the_wrong_shape(S1):
+    """(CPL.11) S1 must be square (d, d) with the d of S0; otherwise a ValueError names S1.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    with pytest.raises(ValueError, match=r"^S1: expected a square matrix"):
+        GaussianCouplingField.independent(np.zeros(2), np.eye(2), np.zeros(2), S1, ConstantSigma(0.1))
+    with pytest.raises(ValueError, match=r"^S1: expected a square matrix"):
+        monge_map(np.eye(2), S1)
+
+
+def test_pair_mixture_plan_sum_tolerates_rounding_only():
+    """(CPL.9) A plan summing to 1 + 5e-12 (rounding) is accepted; 1 + 1e-6 is refused.
+
+    Derivation: derivations/10-couplings.md (CPL.9)"""
+    rng = np.random.default_rng(4)
+    x_0, x_1 = rng.normal(size=(2, 2)), rng.normal(size=(5, 2))
+    plan = np.full((2, 5), 0.1)
+    plan[0, 0] += 5e-12
+    PairMixture(x_0, x_1, plan, ConstantSigma(0.3))
+    plan[0, 0] += 1e-6
+    with pytest.raises(ValueError, match=r"^plan: expected entries that sum to 1"):
+        PairMixture(x_0, x_1, plan, ConstantSigma(0.3))
+
+
+def test_path_energy_tolerances_are_checked_and_defaults_run():
+    """(CPL.17) atol = 0 raises naming atol; straightness runs with its default tolerances and
+    a constant field (straight lines) has gap 0, energy = displacement = ‖v‖².
+
+    Derivation: derivations/10-couplings.md (CPL.17)"""
+    x_0 = np.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"^atol"):
+        path_energy(lambda x, t: np.ones_like(x), x_0, atol=0.0)
+    gap, energy, disp = straightness(lambda x, t: np.ones_like(x) * np.array([1.0, 2.0]), x_0)
+    # a constant field is integrated exactly by DOP853 up to rounding
+    assert abs(gap) <= 1e-12 and energy == pytest.approx(5.0, rel=1e-12) and disp == pytest.approx(5.0, rel=1e-12)
+
+
+def test_gaussian_field_is_differentiable_in_a_float_time():
+    """(CPL.11) d/dt of Σ log p_t(x) and Σ u_t(x) at a float t, by autograd, equals the
+    central difference of the same functions.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    from autograd import grad
+    S0, S1 = np.array([[1.0, 0.3], [0.3, 0.5]]), np.array([[0.7, -0.2], [-0.2, 1.2]])
+    field = GaussianCouplingField.independent(np.zeros(2), S0, np.ones(2), S1, BrownianBridge(0.5))
+    x = np.random.default_rng(3).normal(size=(4, 2))
+    h = 1e-5
+    for fn in (lambda s: np.sum(field.log_prob(x, s)), lambda s: np.sum(field.velocity(x, s))):
+        fd = (fn(0.4 + h) - fn(0.4 - h)) / (2 * h)
+        # central differences: O(h²) truncation, O(1e-16/h) rounding, both ≪ 1e-6
+        assert grad(fn)(0.4) == pytest.approx(fd, rel=1e-6, abs=1e-8)
