@@ -347,3 +347,19 @@ def test_train_diffusion_weight_scales_recorded_loss(kind):
     assert np.all(np.isfinite(l3))
     # same params and batch, the loss a sum of squares times 3: equal to a few ulps
     np.testing.assert_allclose(l3[0], 3.0 * l1[0], rtol=1e-12)
+
+
+# ---- mutation sample: the marginal loss is taken at x_t = σ_t x₀ + α_t x₁ ----
+
+@pytest.mark.parametrize("kind", ["x1", "eps", "score"])
+def test_per_sample_marginal_loss_at_hand_built_x_t(kind):
+    """A zero model's per-sample marginal loss is ‖E[y|x_t]‖² at the hand-built x_t = 0.6 x₀ + 0.4 x₁."""
+    target, path = example_target(dim=2, seed=1), CondOT()
+    rng = np.random.default_rng(3)
+    x_0, x_1 = rng.standard_normal((5, 2)), target.sample(5, rng)
+    t = np.full(5, 0.4)  # CondOT: σ_t = 0.6, α_t = 0.4 written by hand
+    x_t = 0.6 * x_0 + 0.4 * x_1
+    expected = np.sum(marginal_regression_target(target, path, kind, x_t, 0.4) ** 2, axis=1)
+    got = per_sample_marginal_loss(lambda p, x, s: np.zeros_like(x), None, path, target, kind, t, x_0, x_1)
+    # the same closed form at x_t equal to an ulp or two: a few ulps per operation
+    np.testing.assert_allclose(got, expected, rtol=1e-10)

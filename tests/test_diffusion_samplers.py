@@ -470,3 +470,30 @@ def test_check_grid_rejects_repeated_time():
         check_grid(np.array([0.0, 0.5, 0.5, 1.0]), "grid")
     with pytest.raises(ValueError, match="^ts"):
         check_grid([0.0, 0.5, 0.5, 1.0])
+
+
+# ---- mutation sample: Predictor.from_model with an array t, euler_maruyama's default ----
+
+@pytest.mark.parametrize("to", ["velocity", "x1", "score"])
+def test_predictor_from_model_array_time_is_convert(to):
+    """With a per-point time array, from_model(kind='eps') asked for ``to`` is path.convert of the output."""
+    path = CondOT()
+    mlp = MLP(2, (6,))
+    params = mlp.init(np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((4, 2))
+    t = np.array([0.2, 0.4, 0.6, 0.8])
+    got = Predictor.from_model(mlp, params, path, "eps")(x, t, to)
+    expected = path.convert(mlp(params, x, t), x, t, "eps", to)
+    # the same operations on the same inputs: equal to an ulp
+    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-14)
+
+
+def test_euler_maruyama_default_returns_final_state():
+    """keep defaults to False: the result is the state at ts[-1], shape (n, d), equal to keep=True's last."""
+    x = np.random.default_rng(2).standard_normal((3, 2))
+    ts = np.linspace(0.0, 1.0, 5)
+    out = euler_maruyama(lambda y, t: -y, lambda t: 0.5, x, ts, np.random.default_rng(4))
+    traj = euler_maruyama(lambda y, t: -y, lambda t: 0.5, x, ts, np.random.default_rng(4), keep=True)
+    assert out.shape == (3, 2) and traj.shape == (5, 3, 2)
+    # the same seed and operations: identical floats
+    np.testing.assert_array_equal(out, traj[-1])
