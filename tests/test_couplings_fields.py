@@ -519,3 +519,58 @@ def test_gaussian_field_is_differentiable_in_a_float_time():
         fd = (fn(0.4 + h) - fn(0.4 - h)) / (2 * h)
         # central differences: O(h²) truncation, O(1e-16/h) rounding, both ≪ 1e-6
         assert grad(fn)(0.4) == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
+def test_pair_path_mean_and_sample_are_the_straight_line():
+    """(CPL.1) μ_t = (1 − t)x₀ + t x₁: ``mean`` equals the line written out, as does ``sample``
+    with σ = 0 and the average of ``sample`` over antithetic noise ±ε (σ > 0).
+
+    Derivation: derivations/10-couplings.md (CPL.1)"""
+    rng = np.random.default_rng(11)
+    x_0, x_1 = rng.normal(size=(6, 3)) + 2.0, rng.normal(size=(6, 3)) - 1.0
+    t = np.linspace(0.05, 0.95, 6)
+    line = (1.0 - t)[:, None] * x_0 + t[:, None] * x_1
+    eps = rng.normal(size=(6, 3))
+    for path in (ConstantSigma(0.0), ConstantSigma(0.7), BrownianBridge(0.7)):
+        # a few flops of rounding on O(1) entries
+        assert np.allclose(path.mean(x_0, x_1, t), line, rtol=1e-13, atol=1e-13)
+        avg = 0.5 * (path.sample(x_0, x_1, t, eps) + path.sample(x_0, x_1, t, -eps))
+        # ±σ_t ε cancel exactly up to rounding
+        assert np.allclose(avg, line, rtol=1e-13, atol=1e-13)
+    # σ = 0: the noise is multiplied by 0, so the sample is the line up to rounding
+    assert np.allclose(ConstantSigma(0.0).sample(x_0, x_1, t, eps), line, rtol=1e-13, atol=1e-13)
+
+
+def test_gaussian_field_psd_check_is_relative_to_the_joint_scale():
+    """(CPL.11) The joint covariance [[S0, C], [Cᵀ, S1]] must be PSD: with S0 = S1 = s I and
+    C = c I its eigenvalues are s ± c, so c = s(1 + 1e-13) (min eigenvalue −1e-13 s, within
+    rounding of PSD at scale s = 1e4) is accepted, and c = 1.01 s (−0.01 s) raises.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    s = 1e4
+    S = s * np.eye(2)
+    m = np.zeros(2)
+    GaussianCouplingField(m, S, m, S, s * (1.0 + 1e-13) * np.eye(2), ConstantSigma(0.1))
+    GaussianCouplingField(m, S, m, S, s * np.eye(2), ConstantSigma(0.1))  # exactly singular joint
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        GaussianCouplingField(m, S, m, S, 1.01 * s * np.eye(2), ConstantSigma(0.1))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        GaussianCouplingField(m, np.eye(2), m, np.eye(2), 1.01 * np.eye(2), ConstantSigma(0.1))
+
+
+def test_path_energy_defaults_are_accurate_on_a_linear_field():
+    """(CPL.17) For v(x, t) = a x, x(t) = x₀ e^{at}: ∫₀¹‖v‖² dt = a‖x₀‖²(e^{2a} − 1)/2 and
+    ‖x(1) − x(0)‖² = ‖x₀‖²(e^a − 1)²; the default tolerances reproduce both; rtol ≤ 0 raises.
+
+    Derivation: derivations/10-couplings.md (CPL.17)"""
+    a = 1.5
+    x_0 = np.array([[1.0, -0.5], [0.3, 2.0], [-1.2, 0.4]])
+    r2 = np.sum(x_0**2, axis=1)
+    energy, disp, x_1 = path_energy(lambda x, t: a * x, x_0)
+    # DOP853 at rtol = atol = 1e-9 on a smooth 1-D exponential: global error ≪ 1e-7
+    assert np.allclose(energy, a * r2 * np.expm1(2 * a) / 2, rtol=1e-7, atol=0)
+    assert np.allclose(disp, r2 * np.expm1(a) ** 2, rtol=1e-7, atol=0)
+    assert np.allclose(x_1, x_0 * np.exp(a), rtol=1e-7, atol=0)
+    for bad in (0.0, -1e-3):
+        with pytest.raises(ValueError, match="rtol"):
+            path_energy(lambda x, t: a * x, x_0, rtol=bad)
