@@ -6,11 +6,12 @@ Every file the command line writes goes through ``atomic_write_text`` or
 the target with ``os.replace``, which POSIX and Windows make atomic. An error or an
 interrupt during the write removes the temporary file and leaves any old file intact.
 """
+import math
 import os
 import stat
 import tempfile
 
-__all__ = ["atomic_write_text", "atomic_write_bytes"]
+__all__ = ["atomic_write_text", "atomic_write_bytes", "finite_json"]
 
 
 def atomic_write_bytes(path, data):
@@ -68,3 +69,14 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def finite_json(obj):
+    """``obj`` with non-finite floats replaced by strings ('nan', 'inf'): strict JSON has no NaN."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj

@@ -28,7 +28,7 @@ import os
 import sys
 
 from . import __version__
-from ._io import atomic_write_text
+from ._io import atomic_write_text, finite_json
 
 __all__ = ["main", "format_table"]
 
@@ -90,20 +90,10 @@ def fmt(value, spec=".3g"):
     return format(value, spec)
 
 
-def _finite_json(obj):
-    """Replace non-finite floats by strings ('nan', 'inf'): strict JSON has no NaN."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
-    return obj
-
 
 def _write_json(path, payload):
     """Write ``payload`` as JSON atomically; return the line that says so."""
-    existed = atomic_write_text(path, json.dumps(_finite_json(payload), indent=1, allow_nan=False) + "\n")
+    existed = atomic_write_text(path, json.dumps(finite_json(payload), indent=1, allow_nan=False) + "\n")
     return f"wrote {path}" + (" (replaced the existing file)" if existed else "")
 
 

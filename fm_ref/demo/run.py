@@ -3,7 +3,6 @@ draw the data, train every row in worker processes, evaluate the models and the 
 snapshots, assemble ``results.json`` and write the figures and the JSON atomically."""
 import io
 import json
-import math
 import os
 import time
 
@@ -13,6 +12,7 @@ from .. import __version__
 from .. import demo
 from . import _executor, _row_seeds, _stop, checkpoint_nll, evaluate_model, train_model
 from .cost import cost_summary
+from .._io import finite_json
 from .output import write_atomic
 
 __all__ = ["run", "report"]
@@ -29,16 +29,6 @@ def _truth(data, test):
               "-integral of q log q, composite Gauss-Legendre (32 panels x 16 nodes per axis on [-4, 4]^2)")
     return {"value": value, "error": err, "method": method}, toy_log_prob(data, test)
 
-
-def _finite(obj):
-    """Non-finite floats as strings ('nan', 'inf'): strict JSON has no NaN."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _picklable(log):
@@ -141,7 +131,7 @@ def run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, qu
     results["total_seconds"] = time.perf_counter() - t_start
     path = os.path.join(out, "results.json")
 
-    text = json.dumps(_finite(results), indent=1, allow_nan=False) + "\n"
+    text = json.dumps(finite_json(results), indent=1, allow_nan=False) + "\n"
     if write_atomic(path, text.encode("utf-8")):
         results["replaced"].append(path)
     results["results_json"] = path
