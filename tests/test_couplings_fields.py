@@ -574,3 +574,93 @@ def test_path_energy_defaults_are_accurate_on_a_linear_field():
     for bad in (0.0, -1e-3):
         with pytest.raises(ValueError, match="rtol"):
             path_energy(lambda x, t: a * x, x_0, rtol=bad)
+
+
+# ---- mutation sample seed 3: allowances at their boundary, float times, defaults ----
+
+def test_symmetry_allowance_is_1e_14_times_the_larger_of_one_and_max_abs():
+    """(CPL.11) S counts as symmetric when |S − Sᵀ| ≤ 1e-14 · max(1, max|S|): at max|S| = 1 an
+    asymmetry of 0.8e-14 passes and 1.5e-14 raises; at max|S| = 4 (allowance 4e-14) 3e-14
+    passes and 6e-14 raises; 1e-3 raises at any scale.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    for scale, ok, bad in ((1.0, 0.8e-14, 1.5e-14), (4.0, 3e-14, 6e-14), (1.0, 0.0, 1e-3)):
+        S = scale * np.array([[1.0, 0.5], [0.5, 0.75]])
+        S_ok, S_bad = S.copy(), S.copy()
+        S_ok[1, 0] += ok
+        S_bad[1, 0] += bad
+        monge_map(S_ok, np.eye(2))
+        with pytest.raises(ValueError, match=r"^S0: expected a symmetric matrix"):
+            monge_map(S_bad, np.eye(2))
+    # the accepted matrix is symmetrised: ½(S + Sᵀ) enters, exactly symmetric
+    A = monge_map(S_ok, np.eye(2))
+    assert np.array_equal(A, A.T)
+
+
+def test_kinetic_energy_by_the_field_s_own_linear_map():
+    """(CPL.14) u_t(x) = (m₁ − m₀) + M (x − m_t) is affine, so E‖u_t‖² = ‖m₁ − m₀‖² + tr(M Σ_t Mᵀ);
+    M is read off ``velocity`` at m_t + e_i (not from B_t Σ_t⁻¹). A float t gives a float, an
+    array t the array of the same values.
+
+    Derivation: derivations/10-couplings.md (CPL.14)"""
+    m0, S0, m1, S1 = example_gaussians(d=2, seed=4)
+    field = GaussianCouplingField.entropic(m0, S0, m1, S1, BrownianBridge(0.6))
+    ts = np.array([0.1, 0.45, 0.8])
+    for t in ts:
+        mt = field.mean(float(t))
+        pts = np.vstack([mt, mt + np.eye(2)])
+        u = field.velocity(pts, float(t))
+        M = (u[1:] - u[0]).T
+        want = np.sum((m1 - m0) ** 2) + np.trace(M @ field.cov(float(t)) @ M.T)
+        got = field.kinetic_energy(float(t))
+        assert isinstance(got, float)
+        # a 2×2 solve and differences of O(1) velocities: rounding ~1e-15 relative
+        assert got == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(field.kinetic_energy(ts), [field.kinetic_energy(float(t)) for t in ts], rtol=1e-14)
+
+
+def test_coupling_field_defaults_are_the_documented_values():
+    """(CPL.11) (CPL.17) ConstantSigma() and BrownianBridge() have σ = 0; sqrtm_spd's power is ½;
+    field_error draws n = 4000; path_energy and straightness use rtol = atol = 1e-9. Each
+    default call equals the explicit one (the same operations: identical floats).
+
+    Derivation: derivations/10-couplings.md (CPL.17)"""
+    from fm_ref.couplings.gaussian import sqrtm_spd
+    assert ConstantSigma().sigma == 0.0 and BrownianBridge().sigma == 0.0
+    S = np.array([[2.0, 0.3], [0.3, 1.0]])
+    np.testing.assert_array_equal(sqrtm_spd(S), sqrtm_spd(S, 0.5))
+    m0, S0, m1, S1 = example_gaussians(d=2, seed=1)
+    field = GaussianCouplingField.independent(m0, S0, m1, S1, ConstantSigma(0.2))
+    v = lambda x, t: 0.9 * field.velocity(x, t)  # noqa: E731
+    assert field.field_error(v, np.random.default_rng(3)) == field.field_error(v, np.random.default_rng(3), n=4000)
+    x_0 = np.array([[1.0, -0.5], [0.3, 2.0]])
+    w = lambda x, t: np.sin(x) + t[:, None]  # noqa: E731
+    for a, b in zip(path_energy(w, x_0), path_energy(w, x_0, rtol=1e-9, atol=1e-9)):
+        np.testing.assert_array_equal(a, b)
+    assert straightness(w, x_0) == straightness(w, x_0, rtol=1e-9, atol=1e-9)
+
+
+def test_pair_mixture_plan_sum_allowance_is_1e_12_times_max_size_10():
+    """(CPL.9) |Σπ − 1| ≤ 1e-12 · max(π.size, 10) is accepted: at size 10, 0.95e-11 passes and
+    1.05e-11 raises; at size 24 (allowance 2.4e-11), 2.3e-11 passes and 2.5e-11 raises. At
+    size 1175967 the allowance fl(1e-12 · size) is a multiple of 2⁻⁵³, so a plan summing to
+    exactly 1 − allowance exists, and it is accepted (the bound is inclusive).
+
+    Derivation: derivations/10-couplings.md (CPL.9)"""
+    check = PairMixture._check_plan
+    for n0, n1, ok, bad in ((2, 5, 0.95e-11, 1.05e-11), (4, 6, 2.3e-11, 2.5e-11)):
+        for shift, passes in ((ok, True), (-ok, True), (bad, False), (-bad, False)):
+            plan = np.full((n0, n1), 1.0 / (n0 * n1))
+            plan[0, 0] += shift
+            if passes:
+                check(plan, n0, n1)
+            else:
+                with pytest.raises(ValueError, match=r"^plan: expected entries that sum to 1"):
+                    check(plan, n0, n1)
+    size = 1175967
+    allowance = 1e-12 * size
+    assert allowance * 2.0**53 == np.round(allowance * 2.0**53)
+    plan = np.zeros((1, size))
+    plan[0, 0] = 1.0 - allowance  # exact: a multiple of 2⁻⁵³ below 1
+    assert abs(float(plan.sum()) - 1.0) == allowance
+    check(plan, 1, size)

@@ -283,3 +283,61 @@ def test_sinkhorn_max_iter_counts_exactly_the_iterations_made():
     assert res.iterations == k and res.marginal_error <= SINKHORN_TOL
     with pytest.raises(RuntimeError, match=f"max_iter = {k - 1} "):
         sinkhorn(x_0, x_1, 0.1, max_iter=k - 1)
+
+
+# ---- mutation sample seed 3: the weight-sum allowance, plan_cost, the couplings' names ----
+
+def test_weight_sum_allowance_is_1e_12_times_max_n_10():
+    """|Σw − 1| ≤ 1e-12 · max(n, 10) is accepted: at n = 3, 0.95e-11 passes and 1.05e-11
+    raises; at n = 20 (allowance 2e-11), 1.9e-11 passes and 2.1e-11 raises. At n = 1175967
+    the allowance fl(1e-12 n) is a multiple of 2⁻⁵³, so weights summing to exactly
+    1 − allowance exist, and they are accepted (the bound is inclusive)."""
+    for n, ok, bad in ((3, 0.95e-11, 1.05e-11), (20, 1.9e-11, 2.1e-11)):
+        for shift, passes in ((ok, True), (-ok, True), (bad, False), (-bad, False)):
+            a = np.full(n, 1.0 / n)
+            a[0] += shift
+            if passes:
+                independent_plan(a, [1.0])
+            else:
+                with pytest.raises(ValueError, match=r"^a: expected weights that sum to 1"):
+                    independent_plan(a, [1.0])
+    n = 1175967
+    allowance = 1e-12 * n
+    assert allowance * 2.0**53 == np.round(allowance * 2.0**53)
+    a = np.zeros(n)
+    a[0] = 1.0 - allowance  # exact: a multiple of 2⁻⁵³ below 1
+    assert abs(float(np.sum(a)) - 1.0) == allowance
+    assert independent_plan(a, [1.0]).shape == (n, 1)
+
+
+def test_plan_cost_is_the_sum_over_pairs_written_out():
+    """⟨π, C⟩ = Σ_ij π_ij ‖x₀ᵢ − x₁ⱼ‖², summed by hand over the pairs."""
+    from fm_ref.couplings.plans import plan_cost
+    rng = np.random.default_rng(8)
+    x_0, x_1 = rng.normal(size=(3, 2)), rng.normal(size=(4, 2))
+    plan = rng.uniform(size=(3, 4))
+    plan /= plan.sum()
+    want = sum(plan[i, j] * sum((x_0[i, k] - x_1[j, k]) ** 2 for k in range(2)) for i in range(3) for j in range(4))
+    got = plan_cost(plan, cost_matrix(x_0, x_1))
+    assert isinstance(got, float)
+    # twelve O(1) terms: rounding ~1e-15 relative
+    assert got == pytest.approx(want, rel=1e-13)
+
+
+def test_training_couplings_name_themselves():
+    assert repr(IndependentCoupling()) == "IndependentCoupling()"
+    assert repr(ExactOTCoupling()) == "ExactOTCoupling()"
+    assert repr(EntropicCoupling(0.5)) == "EntropicCoupling(sigma=0.5)"
+
+
+def test_sinkhorn_defaults_are_the_documented_values():
+    """tol = SINKHORN_TOL = 1e-9 and max_iter = SINKHORN_MAX_ITER (CPL.7): the default call equals
+    the explicit one, and its marginal error is at most 1e-9; EntropicCoupling keeps them."""
+    from fm_ref.couplings.plans import SINKHORN_MAX_ITER
+    x_0, x_1 = example_sets(seed=2, n0=5, n1=6)[:2]
+    r_def = sinkhorn(x_0, x_1, 0.5)
+    r_exp = sinkhorn(x_0, x_1, 0.5, a=None, b=None, tol=1e-9, max_iter=SINKHORN_MAX_ITER)
+    np.testing.assert_array_equal(r_def.plan, r_exp.plan)
+    assert r_def.iterations == r_exp.iterations and r_def.marginal_error <= 1e-9
+    c = EntropicCoupling(0.5)
+    assert (c.tol, c.max_iter, c.epsilon) == (SINKHORN_TOL, SINKHORN_MAX_ITER, 0.5)

@@ -363,3 +363,31 @@ def test_per_sample_marginal_loss_at_hand_built_x_t(kind):
     got = per_sample_marginal_loss(lambda p, x, s: np.zeros_like(x), None, path, target, kind, t, x_0, x_1)
     # the same closed form at x_t equal to an ulp or two: a few ulps per operation
     np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+# ---- mutation sample seed 3: the documented defaults ----
+
+def test_train_diffusion_defaults_are_the_documented_values():
+    """kind 'eps', no weight, batch 256, lr 1e-3 and t ~ U[0, 1): the default call equals the
+    explicit one bit for bit (the same draws from the same Generator, the same Adam steps).
+
+    Derivation: derivations/09-diffusion.md (DIF.10)"""
+    data = np.random.default_rng(5).standard_normal((40, 2))
+    mlp = MLP(2, (4,))
+    p_def, l_def = train_diffusion(mlp, CondOT(), data, 2, np.random.default_rng(6))
+    p_exp, l_exp = train_diffusion(mlp, CondOT(), data, 2, np.random.default_rng(6), kind="eps", weight=None,
+                                   batch=256, lr=1e-3, params=None, callback=None, t_min=0.0, t_max=1.0)
+    np.testing.assert_array_equal(l_def, l_exp)
+    np.testing.assert_array_equal(tree_flatten(p_def), tree_flatten(p_exp))
+
+
+def test_quadrature_loss_defaults_are_the_documented_values():
+    """n_t = 16, n_x = 12 on [t_min, t_max] = [0, 1] and no weight: the default call equals the
+    explicit one (the same nodes, the same sum).
+
+    Derivation: derivations/09-diffusion.md (DIF.10)"""
+    target, path = example_target(dim=1, seed=2), Cosine()
+    model, params = _linear_model(1, 4)
+    for which in (conditional_loss_quadrature, marginal_loss_quadrature):
+        assert which(model, params, path, target, "x1") == which(model, params, path, target, "x1", weight=None,
+                                                                n_t=16, n_x=12, t_min=0.0, t_max=1.0)

@@ -497,3 +497,48 @@ def test_euler_maruyama_default_returns_final_state():
     assert out.shape == (3, 2) and traj.shape == (5, 3, 2)
     # the same seed and operations: identical floats
     np.testing.assert_array_equal(out, traj[-1])
+
+
+# ---- mutation sample seed 3: the velocity kind's coefficients at t = 0, t above 1 ----
+
+def test_velocity_kind_coefficients_are_exactly_zero_and_one_at_every_time():
+    """(DIF.6) A velocity prediction is its own velocity: (a_t, b_t) = (0, 1) exactly, with t's
+    shape, at float and array times including both ends (t = 0 and t = 1).
+
+    Derivation: derivations/09-diffusion.md (DIF.6)"""
+    for path in (CondOT(), Cosine(), Polynomial(2.0)):
+        a, b = velocity_coefficients(path, "velocity", 0.0)
+        assert (a, b) == (0.0, 1.0)
+        t = np.array([0.0, 0.25, 0.5, 1.0])
+        a, b = velocity_coefficients(path, "velocity", t)
+        assert a.shape == b.shape == (4,)
+        np.testing.assert_array_equal(a, np.zeros(4))
+        np.testing.assert_array_equal(b, np.ones(4))
+
+
+def test_times_reject_t_above_one():
+    """s < t ≤ 1: a target time above 1 raises naming t (s in range)."""
+    with pytest.raises(ValueError, match="^t"):
+        forward_kernel(CondOT(), 0.5, 1.5)
+    with pytest.raises(ValueError, match="^t"):
+        posterior_coefficients(CondOT(), 0.5, 1.0 + 1e-12)
+
+
+def test_sampler_defaults_are_the_documented_values():
+    """Calling with the defaults equals passing the documented values: ddim_step and
+    sample_ddim η = 0 (DDIM, no Generator needed), keep = False; sample_sde g = 'reverse',
+    denoise = False, keep = False. The same operations on the same draws: identical floats.
+
+    Derivation: derivations/09-diffusion.md (DIF.14)"""
+    path = Cosine()
+    rng = np.random.default_rng(7)
+    x_s, x0_hat, x1_hat = rng.normal(size=(3, 4, 2))
+    np.testing.assert_array_equal(ddim_step(path, x_s, 0.3, 0.6, x0_hat, x1_hat),
+                                  ddim_step(path, x_s, 0.3, 0.6, x0_hat, x1_hat, eta=0.0, rng=None))
+    pred, ts = Predictor.exact(mixture_1d(), path), np.linspace(0.1, 0.9, 4)
+    x = np.random.default_rng(0).normal(size=(3, 1))
+    np.testing.assert_array_equal(sample_ddim(pred, x, ts), sample_ddim(pred, x, ts, eta=0.0, rng=None, keep=False))
+    np.testing.assert_array_equal(sample_sde(pred, x, ts, np.random.default_rng(3)),
+                                  sample_sde(pred, x, ts, np.random.default_rng(3), g=REVERSE, denoise=False,
+                                             keep=False))
+    assert REVERSE == "reverse"
