@@ -664,3 +664,15 @@ def test_pair_mixture_plan_sum_allowance_is_1e_12_times_max_size_10():
     plan[0, 0] = 1.0 - allowance  # exact: a multiple of 2⁻⁵³ below 1
     assert abs(float(plan.sum()) - 1.0) == allowance
     check(plan, 1, size)
+
+
+def test_a_singular_covariance_is_refused():
+    """(CPL.11) S0, S1 must be positive definite: a smallest eigenvalue of exactly 0 (diag(1, 0))
+    raises naming the matrix, for the field and for the Monge map.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    singular = np.diag([1.0, 0.0])
+    with pytest.raises(ValueError, match=r"^S1: expected a positive definite matrix"):
+        GaussianCouplingField.independent(np.zeros(2), np.eye(2), np.zeros(2), singular, ConstantSigma(0.1))
+    with pytest.raises(ValueError, match=r"^S0: expected a positive definite matrix"):
+        monge_map(singular, np.eye(2))

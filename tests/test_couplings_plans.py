@@ -341,3 +341,24 @@ def test_sinkhorn_defaults_are_the_documented_values():
     assert r_def.iterations == r_exp.iterations and r_def.marginal_error <= 1e-9
     c = EntropicCoupling(0.5)
     assert (c.tol, c.max_iter, c.epsilon) == (SINKHORN_TOL, SINKHORN_MAX_ITER, 0.5)
+
+
+def test_positive_arguments_refuse_zero_and_accept_the_smallest_positive():
+    """σ of the bridge's ε, ε of Sinkhorn and of the entropic cross-covariance, and Sinkhorn's
+    tol are open at 0: 0.0 raises naming the argument; σ = 0 is allowed for ConstantSigma."""
+    from fm_ref.couplings import ConstantSigma, entropic_cross_covariance
+    x_0, x_1 = example_sets(seed=1)[:2]
+    for call, name in ((lambda: bridge_epsilon(0.0), "sigma"), (lambda: EntropicCoupling(0.0), "sigma"),
+                       (lambda: sinkhorn(x_0, x_1, 0.0), "epsilon"), (lambda: sinkhorn(x_0, x_1, 1.0, tol=0.0), "tol"),
+                       (lambda: entropic_cross_covariance(np.eye(2), np.eye(2), 0.0), "epsilon")):
+        with pytest.raises(ValueError, match=f"^{name}"):
+            call()
+    assert bridge_epsilon(1e-3) == 2e-6 and EntropicCoupling(1e-3).epsilon == 2e-6
+    assert ConstantSigma(0.0).sigma == 0.0
+    assert sinkhorn(x_0, x_1, 1.0, tol=1e-6).marginal_error <= 1e-6
+    # S0 = S1 = I: C = (½√(4 + σ⁴) − σ²/2) I with σ² = ε/2, for small and moderate ε
+    for eps in (1e-3, 0.5):
+        s2 = eps / 2
+        want = (0.5 * np.sqrt(4.0 + s2**2) - 0.5 * s2) * np.eye(2)
+        # a 2×2 eigendecomposition of multiples of I: rounding only
+        np.testing.assert_allclose(entropic_cross_covariance(np.eye(2), np.eye(2), eps), want, rtol=1e-14, atol=1e-15)

@@ -542,3 +542,54 @@ def test_sampler_defaults_are_the_documented_values():
                                   sample_sde(pred, x, ts, np.random.default_rng(3), g=REVERSE, denoise=False,
                                              keep=False))
     assert REVERSE == "reverse"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_velocity_coefficients_each_read_off_convert(kind):
+    """(DIF.6) velocity = a_t x + b_t f: a_t is ``convert`` of f = 0 at x = 1, b_t is ``convert``
+    of f = 1 at x = 0, each coefficient on its own (a swap of the two shows), for every kind on
+    three paths at float and array times.
+
+    Derivation: derivations/09-diffusion.md (DIF.6)"""
+    one, zero = np.ones((1, 1)), np.zeros((1, 1))
+    for path in (CondOT(0.05), Cosine(), VP()):
+        for t in (0.3, 0.7):
+            a, b = velocity_coefficients(path, kind, t)
+            # convert is written per kind from (CONV.1); the same few flops, rounding only
+            assert a == pytest.approx(path.convert(zero, one, t, kind, "velocity")[0, 0], rel=CLOSED_RTOL, abs=1e-15)
+            assert b == pytest.approx(path.convert(one, zero, t, kind, "velocity")[0, 0], rel=CLOSED_RTOL, abs=1e-15)
+        ts = np.array([0.3, 0.7])
+        a, b = velocity_coefficients(path, kind, ts)
+        assert np.allclose(a, [velocity_coefficients(path, kind, t)[0] for t in ts], rtol=1e-15, atol=0)
+        assert np.allclose(b, [velocity_coefficients(path, kind, t)[1] for t in ts], rtol=1e-15, atol=0)
+
+
+def test_forward_kernel_clips_a_deficit_of_exactly_the_rounding_allowance():
+    """(DIF.12) ς² = σ_s² − (α_s σ_t/α_t)² below 0 is clipped to 0 while −ς² ≤ 1e-12 σ_s² (the
+    bound is inclusive) and raises beyond. A hand-built path with α_s = α_t (a = 1 exactly),
+    σ_s = 0.7152557373046875 and σ_t = 0.7152557373050451, whose squares differ by exactly
+    fl(1e-12 σ_s²) = 5.115907697472721e-13 (found by search; asserted below), puts ς² on the
+    bound; the next float of σ_t puts it past.
+
+    Derivation: derivations/09-diffusion.md (DIF.12)"""
+    s_s, s_t = 0.7152557373046875, 0.7152557373050451
+    assert s_s**2 - s_t**2 == -(1e-12 * s_s**2) == -5.115907697472721e-13
+
+    def step_path(sigma_late):
+        class Step(AffinePath):
+            def _alpha(self, t):
+                return 0.5 + 0.0 * t
+
+            def _sigma(self, t):
+                return anp.where(anp.asarray(t) < 0.5, s_s, sigma_late) + 0.0 * t
+
+            def _d_alpha(self, t):
+                return 0.0 * t
+
+            def _d_sigma(self, t):
+                return 0.0 * t
+        return Step()
+
+    assert forward_kernel(step_path(s_t), 0.25, 0.75) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="signal-to-noise ratio"):
+        forward_kernel(step_path(np.nextafter(s_t, 1.0)), 0.25, 0.75)
