@@ -362,3 +362,33 @@ def test_positive_arguments_refuse_zero_and_accept_the_smallest_positive():
         want = (0.5 * np.sqrt(4.0 + s2**2) - 0.5 * s2) * np.eye(2)
         # a 2×2 eigendecomposition of multiples of I: rounding only
         np.testing.assert_allclose(entropic_cross_covariance(np.eye(2), np.eye(2), eps), want, rtol=1e-14, atol=1e-15)
+
+
+def test_sinkhorn_stops_at_an_error_equal_to_tol():
+    """(CPL.7) The stopping rule is ‖π1 − a‖₁ ≤ tol, inclusive: with tol set to the error a run
+    stopped at (a float reached exactly), the same run stops at the same iteration.
+
+    Derivation: derivations/10-couplings.md (CPL.7)"""
+    x_0, x_1, a, b = example_sets(seed=5, n0=4, n1=5, weights=True)
+    first = sinkhorn(x_0, x_1, 0.3, a, b, tol=1e-6)
+    again = sinkhorn(x_0, x_1, 0.3, a, b, tol=first.marginal_error)
+    assert 0.0 < first.marginal_error <= 1e-6
+    assert again.iterations == first.iterations and again.marginal_error == first.marginal_error
+
+
+def test_sinkhorn_plain_domain_up_to_and_including_max_c_over_eps_50(monkeypatch):
+    """The log-sum-exps run in the plain domain while max C/ε ≤ PLAIN_DOMAIN_MAX = 50 and in the
+    max-shifted log domain (``_logsumexp``) beyond: max C = 50 exactly (a point at (5, 5)
+    from the origin) with ε = 1 calls no ``_logsumexp``, ε = 50/50.5 does."""
+    import fm_ref.couplings.plans as plans
+
+    calls = []
+    real = plans._logsumexp
+    monkeypatch.setattr(plans, "_logsumexp", lambda M, axis: calls.append(axis) or real(M, axis))
+    x_0, x_1 = np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 0.0], [5.0, 5.0]])
+    assert float(cost_matrix(x_0, x_1).max()) == 50.0 and plans.PLAIN_DOMAIN_MAX == 50.0
+    plain = sinkhorn(x_0, x_1, 1.0)
+    assert calls == []
+    log = sinkhorn(x_0, x_1, 50.0 / 50.5)
+    assert len(calls) >= 2
+    assert plain.marginal_error <= SINKHORN_TOL and log.marginal_error <= SINKHORN_TOL
