@@ -392,3 +392,41 @@ def test_sinkhorn_plain_domain_up_to_and_including_max_c_over_eps_50(monkeypatch
     log = sinkhorn(x_0, x_1, 50.0 / 50.5)
     assert len(calls) >= 2
     assert plain.marginal_error <= SINKHORN_TOL and log.marginal_error <= SINKHORN_TOL
+
+
+def test_sample_pairs_unravels_row_major_on_non_square_plans():
+    """(CPL.5) A flat index k of an (n0, n1) plan is the pair (k // n1, k % n1): a plan with its
+    mass on one cell returns that cell every time, for a wide and a tall plan.
+
+    Derivation: derivations/10-couplings.md (CPL.5)"""
+    for shape, cell in (((2, 3), (1, 2)), ((3, 2), (2, 1)), ((2, 5), (0, 3))):
+        plan = np.zeros(shape)
+        plan[cell] = 1.0
+        i, j = sample_pairs(plan, 7, np.random.default_rng(0))
+        assert i.shape == j.shape == (7,)
+        assert np.all(i == cell[0]) and np.all(j == cell[1])
+
+
+def test_entropic_coupling_draws_one_pair_per_source_point_and_results_are_frozen():
+    """EntropicCoupling returns n pairs for a batch of n points in d ≠ n dimensions; a
+    SinkhornResult cannot be altered after the fact."""
+    import dataclasses
+    rng = np.random.default_rng(4)
+    x_0, x_1 = rng.normal(size=(6, 2)), rng.normal(size=(6, 2)) + 1.0
+    y_0, y_1 = EntropicCoupling(0.7)(x_0, x_1, np.random.default_rng(1))
+    assert y_0.shape == y_1.shape == (6, 2)
+    res = sinkhorn(x_0, x_1, 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.iterations = 0
+
+
+def test_sinkhorn_default_cap_is_ten_thousand_iterations():
+    """(CPL.7) SINKHORN_MAX_ITER = 10 000: a run that cannot meet tol = 1e-15 (max C/ε = 50, slow
+    to converge) raises after exactly 10 000 iterations by default.
+
+    Derivation: derivations/10-couplings.md (CPL.7)"""
+    x_0 = np.array([[0.0, 0.0], [1.0, 0.3], [0.2, 1.1]])
+    x_1 = np.array([[0.5, 0.5], [2.0, 0.1], [1.0, 1.5]])
+    eps = float(cost_matrix(x_0, x_1).max()) / 50.0
+    with pytest.raises(RuntimeError, match=r"after max_iter = 10000 iterations"):
+        sinkhorn(x_0, x_1, eps, tol=1e-15)
