@@ -580,11 +580,11 @@ def test_path_energy_defaults_are_accurate_on_a_linear_field():
 
 def test_symmetry_allowance_is_1e_14_times_the_larger_of_one_and_max_abs():
     """(CPL.11) S counts as symmetric when |S − Sᵀ| ≤ 1e-14 · max(1, max|S|): at max|S| = 1 an
-    asymmetry of 0.8e-14 passes and 1.5e-14 raises; at max|S| = 4 (allowance 4e-14) 3e-14
-    passes and 6e-14 raises; 1e-3 raises at any scale.
+    asymmetry of 0.8e-14 passes and 1.5e-14 raises, and so at max|S| = 0.25 (the floor 1 holds);
+    at max|S| = 4 (allowance 4e-14) 3e-14 passes and 6e-14 raises; 1e-3 raises at any scale.
 
     Derivation: derivations/10-couplings.md (CPL.11)"""
-    for scale, ok, bad in ((1.0, 0.8e-14, 1.5e-14), (4.0, 3e-14, 6e-14), (1.0, 0.0, 1e-3)):
+    for scale, ok, bad in ((1.0, 0.8e-14, 1.5e-14), (4.0, 3e-14, 6e-14), (0.25, 0.8e-14, 1.5e-14), (1.0, 0.0, 1e-3)):
         S = scale * np.array([[1.0, 0.5], [0.5, 0.75]])
         S_ok, S_bad = S.copy(), S.copy()
         S_ok[1, 0] += ok
@@ -676,3 +676,20 @@ def test_a_singular_covariance_is_refused():
         GaussianCouplingField.independent(np.zeros(2), np.eye(2), np.zeros(2), singular, ConstantSigma(0.1))
     with pytest.raises(ValueError, match=r"^S0: expected a positive definite matrix"):
         monge_map(singular, np.eye(2))
+
+
+def test_joint_psd_allowance_is_inclusive():
+    """(CPL.11) The joint [[S0, C], [Cᵀ, S1]] passes while its smallest eigenvalue is ≥ −1e-10 max|joint|
+    (inclusive). In d = 1 with S0 = S1 = s and C = c the eigenvalues are s ± c; c = 0.2637534635141492
+    and s = c − fl(1e-10 c) (found by search; both exact, asserted below) put s − c on the bound;
+    the next float of c puts it past.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    c = 0.2637534635141492
+    bound = -1e-10 * c
+    s = c + bound
+    assert c - s == -bound and np.linalg.eigvalsh(np.array([[s, c], [c, s]])).min() == bound
+    m = np.zeros(1)
+    GaussianCouplingField(m, [[s]], m, [[s]], [[c]], ConstantSigma(0.1))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        GaussianCouplingField(m, [[s]], m, [[s]], [[np.nextafter(c, 1.0)]], ConstantSigma(0.1))
