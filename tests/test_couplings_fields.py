@@ -693,3 +693,13 @@ def test_joint_psd_allowance_is_inclusive():
     GaussianCouplingField(m, [[s]], m, [[s]], [[c]], ConstantSigma(0.1))
     with pytest.raises(ValueError, match="positive semi-definite"):
         GaussianCouplingField(m, [[s]], m, [[s]], [[np.nextafter(c, 1.0)]], ConstantSigma(0.1))
+
+
+def test_schedule_map_raises_where_the_source_sigma_vanishes_at_t_r():
+    """(CPL.15) A target with σ̄_1 = 1e-17 > 0 asks the source CondOT(0) for ρ = 1e17, whose root
+    t_r = 1/(1 + 1e-17) rounds to 1.0, where σ_1 = 0: the scale s_r = σ̄_r/σ_t is undefined and
+    a ValueError names r (not a division by zero).
+
+    Derivation: derivations/10-couplings.md (CPL.15)"""
+    with pytest.raises(ValueError, match=r"^r: the source path CondOT\(sigma_min=0.0\) has σ_t = 0 at t_r = 1.0"):
+        schedule_map(CondOT(0.0), CondOT(1e-17), 1.0)

@@ -391,3 +391,23 @@ def test_quadrature_loss_defaults_are_the_documented_values():
     for which in (conditional_loss_quadrature, marginal_loss_quadrature):
         assert which(model, params, path, target, "x1") == which(model, params, path, target, "x1", weight=None,
                                                                 n_t=16, n_x=12, t_min=0.0, t_max=1.0)
+
+
+def test_a_weight_with_zeros_is_allowed_and_zeroes_those_samples():
+    """λ(t) ≥ 0 is the documented range, 0 included: a weight that vanishes for t < 0.5 passes
+    time_weight unchanged and gives those samples a loss of exactly 0 (DIF.10); a negative
+    value raises.
+
+    Derivation: derivations/09-diffusion.md (DIF.10)"""
+    path = CondOT()
+    model, params = _linear_model(2, 3)
+    _, x_0, x_1 = _batch(path, 2, 6, seed=4)
+    t = np.array([0.1, 0.3, 0.45, 0.55, 0.7, 0.9])
+    step = lambda s: np.where(s < 0.5, 0.0, 2.0)  # noqa: E731
+    np.testing.assert_array_equal(time_weight(step, path, "eps", t), [0.0, 0.0, 0.0, 2.0, 2.0, 2.0])
+    got = per_sample_conditional_loss(model, params, path, "eps", t, x_0, x_1, weight=step)
+    plain = per_sample_conditional_loss(model, params, path, "eps", t, x_0, x_1)
+    np.testing.assert_array_equal(got[:3], 0.0)
+    np.testing.assert_array_equal(got[3:], 2.0 * plain[3:])
+    with pytest.raises(ValueError, match=r"^weight:"):
+        time_weight(lambda s: np.where(s < 0.5, -1e-300, 1.0), path, "eps", t)
