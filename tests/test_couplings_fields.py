@@ -604,7 +604,14 @@ def test_kinetic_energy_by_the_field_s_own_linear_map():
 
     Derivation: derivations/10-couplings.md (CPL.14)"""
     m0, S0, m1, S1 = example_gaussians(d=2, seed=4)
-    field = GaussianCouplingField.entropic(m0, S0, m1, S1, BrownianBridge(0.6))
+    # the entropic field's matrix M is symmetric (a gradient field); a generic C gives a
+    # non-symmetric B_t, where tr(B Σ⁻¹ B) ≠ tr(B Σ⁻¹ Bᵀ)
+    generic = GaussianCouplingField(m0, S0, m1, S1, np.array([[0.1, 0.3], [-0.2, 0.05]]), ConstantSigma(0.3))
+    for field in (GaussianCouplingField.entropic(m0, S0, m1, S1, BrownianBridge(0.6)), generic):
+        _check_kinetic_energy(field, m0, m1)
+
+
+def _check_kinetic_energy(field, m0, m1):
     ts = np.array([0.1, 0.45, 0.8])
     for t in ts:
         mt = field.mean(float(t))
@@ -641,14 +648,14 @@ def test_coupling_field_defaults_are_the_documented_values():
 
 
 def test_pair_mixture_plan_sum_allowance_is_1e_12_times_max_size_10():
-    """(CPL.9) |Σπ − 1| ≤ 1e-12 · max(π.size, 10) is accepted: at size 10, 0.95e-11 passes and
+    """(CPL.9) |Σπ − 1| ≤ 1e-12 · max(π.size, 10) is accepted: at sizes 3 and 10, 0.95e-11 passes and
     1.05e-11 raises; at size 24 (allowance 2.4e-11), 2.3e-11 passes and 2.5e-11 raises. At
     size 1175967 the allowance fl(1e-12 · size) is a multiple of 2⁻⁵³, so a plan summing to
     exactly 1 − allowance exists, and it is accepted (the bound is inclusive).
 
     Derivation: derivations/10-couplings.md (CPL.9)"""
     check = PairMixture._check_plan
-    for n0, n1, ok, bad in ((2, 5, 0.95e-11, 1.05e-11), (4, 6, 2.3e-11, 2.5e-11)):
+    for n0, n1, ok, bad in ((1, 3, 0.95e-11, 1.05e-11), (2, 5, 0.95e-11, 1.05e-11), (4, 6, 2.3e-11, 2.5e-11)):
         for shift, passes in ((ok, True), (-ok, True), (bad, False), (-bad, False)):
             plan = np.full((n0, n1), 1.0 / (n0 * n1))
             plan[0, 0] += shift
@@ -703,3 +710,34 @@ def test_schedule_map_raises_where_the_source_sigma_vanishes_at_t_r():
     Derivation: derivations/10-couplings.md (CPL.15)"""
     with pytest.raises(ValueError, match=r"^r: the source path CondOT\(sigma_min=0.0\) has σ_t = 0 at t_r = 1.0"):
         schedule_map(CondOT(0.0), CondOT(1e-17), 1.0)
+
+
+def test_pair_mixture_displacements_are_those_of_its_components():
+    """(CPL.10) ``displacements`` holds x₁ⱼ − x₀ᵢ for exactly the pairs with π_ij > 0, in the order
+    of ``components()``: a plan with zeros inside positive rows leaves those pairs out.
+
+    Derivation: derivations/10-couplings.md (CPL.10)"""
+    rng = np.random.default_rng(0)
+    x_0, x_1 = rng.normal(size=(3, 2)), rng.normal(size=(3, 2)) + 1.0
+    plan = np.zeros((3, 3))
+    plan[0, 0], plan[0, 1], plan[1, 2], plan[2, 0] = 0.3, 0.2, 0.2, 0.3
+    pm = PairMixture(x_0, x_1, plan, BrownianBridge(0.5))
+    i, j = pm.components()
+    assert list(zip(i, j)) == [(0, 0), (0, 1), (1, 2), (2, 0)]
+    np.testing.assert_array_equal(pm.displacements, x_1[j] - x_0[i])
+
+
+def test_field_error_averages_over_t_uniform_on_0_1():
+    """(CPL.11) For v = 1.5 u_t, ‖v − u_t‖² = ¼‖u_t‖², so field_error's mean is ¼ ∫₀¹ E‖u_t‖² dt:
+    the closed-form kinetic energy integrated by 24-node Gauss–Legendre (exact to ~1e-12
+    for this smooth rational integrand). E‖u_0‖² is 15% above the integral, so drawing every
+    t at one end would be off by ~20 standard errors.
+
+    Derivation: derivations/10-couplings.md (CPL.11)"""
+    m0, S0, m1, S1 = example_gaussians(d=2, seed=1)
+    field = GaussianCouplingField.independent(m0, S0, m1, S1, ConstantSigma(0.2))
+    nodes, weights = np.polynomial.legendre.leggauss(24)
+    want = 0.25 * np.sum(0.5 * weights * field.kinetic_energy(0.5 * (nodes + 1.0)))
+    mean, se = field.field_error(lambda x, t: 1.5 * field.velocity(x, t), np.random.default_rng(3))
+    # Monte Carlo over (t, x): within Z_BOUND = 5 standard errors (DESIGN.md)
+    assert abs(mean - want) <= 5.0 * se
