@@ -741,3 +741,8 @@ def test_field_error_averages_over_t_uniform_on_0_1():
     mean, se = field.field_error(lambda x, t: 1.5 * field.velocity(x, t), np.random.default_rng(3))
     # Monte Carlo over (t, x): within Z_BOUND = 5 standard errors (DESIGN.md)
     assert abs(mean - want) <= 5.0 * se
+
+
+def test_pair_mixture_repr_names_sizes_dimension_and_path():
+    pm = PairMixture(np.zeros((2, 3)), np.ones((4, 3)), None, ConstantSigma(0.5))
+    assert repr(pm) == "PairMixture(2 x 4 points, d = 3, ConstantSigma(sigma=0.5))"
