@@ -593,3 +593,16 @@ def test_forward_kernel_clips_a_deficit_of_exactly_the_rounding_allowance():
     assert forward_kernel(step_path(s_t), 0.25, 0.75) == (1.0, 0.0)
     with pytest.raises(ValueError, match="signal-to-noise ratio"):
         forward_kernel(step_path(np.nextafter(s_t, 1.0)), 0.25, 0.75)
+
+
+def test_diffusion_coefficient_reads_a_0d_numeric_array_as_its_float():
+    """(DIF.3) g(t) may return a 0-d float or int array (what NumPy expressions give), read as
+    its float; a 1-d array or a 0-d boolean array is not a number and raises naming g.
+
+    Derivation: derivations/09-diffusion.md (DIF.3)"""
+    for value, want in ((np.array(0.5), 0.5), (np.array(2), 2.0), (np.float64(0.25), 0.25)):
+        got = diffusion_coefficient(CondOT(), lambda t, v=value: v, 0.3)
+        assert type(got) is float and got == want
+    for value in (np.array([0.5]), np.array(True)):
+        with pytest.raises(ValueError, match=r"^g:"):
+            diffusion_coefficient(CondOT(), lambda t, v=value: v, 0.3)
