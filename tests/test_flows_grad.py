@@ -258,3 +258,27 @@ def test_the_batch_gradient_is_the_mean_of_the_per_point_gradients():
     assert abs(loss - np.mean([s[0] for s in singles])) <= LOSS_RTOL * abs(loss)
     mean = [np.mean([_leaves(s[1])[j] for s in singles], axis=0) for j in range(len(_leaves(g)))]
     assert leaf_errors(g, mean) <= GRAD_RTOL
+
+
+@pytest.mark.parametrize("kind", ["coupling", "planar"])
+def test_flat_adam_gives_the_per_leaf_iterates(kind):
+    """train_flow_mle runs Adam on one flat vector: the update is elementwise, so its losses,
+    iterates and callback parameters are those of ``adam`` on the pytree, bit for bit."""
+    from fm_ref.train import adam
+
+    data = _toy_data(200)
+    flow = default_flow(2, kind, n_layers=3, hidden=(6,))
+    seen = []
+    got, got_losses = train_flow_mle(flow, data, 8, np.random.default_rng(1), batch=32,
+                                     callback=lambda i, loss, p: seen.append(p))
+    rng = np.random.default_rng(1)
+    start = flow.data_init(flow.init(rng), data)
+    nll_and_grad = flow._nll_and_grad if kind == "coupling" else (
+        lambda p, x: autograd_nll_and_grad(flow, p, x))
+    ref, ref_losses = adam(lambda p, step: nll_and_grad(p, data[rng.choice(200, size=32, replace=False)]),
+                           start, 8, lr=5e-3)
+    np.testing.assert_array_equal(got_losses, ref_losses)
+    assert [np.shape(a) for a in _leaves(got)] == [np.shape(b) for b in _leaves(ref)]
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(got), _leaves(ref)))
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(seen[-1]), _leaves(got))) and len(seen) == 8
+    assert type(got[-1]) is tuple and type(got) is list  # the pytree's own containers
