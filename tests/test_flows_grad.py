@@ -282,3 +282,22 @@ def test_flat_adam_gives_the_per_leaf_iterates(kind):
     assert all(np.array_equal(a, b) for a, b in zip(_leaves(got), _leaves(ref)))
     assert all(np.array_equal(a, b) for a, b in zip(_leaves(seen[-1]), _leaves(got))) and len(seen) == 8
     assert type(got[-1]) is tuple and type(got) is list  # the pytree's own containers
+
+
+def test_the_default_batch_is_256_and_a_batch_of_n_uses_the_whole_set_without_drawing(monkeypatch):
+    """Each step's batch has ``batch`` rows (256 by default); with batch ≥ n it is the data
+    itself and the Generator is not drawn from (with params given, none of its draws are used)."""
+    flow = default_flow(2, n_layers=2, hidden=(4,))
+    seen = []
+    hand = Flow._nll_and_grad
+    monkeypatch.setattr(Flow, "_nll_and_grad", lambda self, p, x: seen.append(x) or hand(self, p, x))
+    data = _toy_data(300)
+    params = flow.init(np.random.default_rng(0))
+    train_flow_mle(flow, data, 2, np.random.default_rng(1), params=params)
+    assert [x.shape for x in seen] == [(256, 2)] * 2
+    for batch in (300, 301):
+        seen.clear()
+        rng = np.random.default_rng(2)
+        train_flow_mle(flow, data, 2, rng, batch=batch, params=params)
+        assert all(x is data for x in seen) and len(seen) == 2
+        assert rng.random() == np.random.default_rng(2).random()

@@ -230,7 +230,7 @@ class ElementwiseAffine(Layer):
         s, b = params
         e = onp.exp(-s)
         z = (x - b) * e
-        return z, -onp.sum(s) * onp.ones(x.shape[0]), (z, e)
+        return z, onp.full(x.shape[0], -onp.sum(s)), (z, e)
 
     def _backward(self, params, cache, gz, gl):
         """z = (x − b) ⊙ e^{−s}, log_det = −Σ_i s_i: ∂L/∂x = gz ⊙ e^{−s},
