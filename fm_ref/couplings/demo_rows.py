@@ -59,12 +59,17 @@ class _WithCouplingMetrics:
 
 
 def _train(path, coupling, t_min=0.0, t_max=1.0):
+    """Row.train: ``train_cfm`` with the coupling, in the CFM rows' phases of decreasing
+    step size (``fm_ref.demo.SCHEDULES['cfm']``)."""
     def train(data, steps, rng, callback):
+        from ..demo import SCHEDULES, _phased
         from ..nn import MLP
         from ..train import train_cfm
 
-        return train_cfm(MLP(2, HIDDEN), path, data, steps, rng, batch=256, lr=1e-3, callback=callback,
-                         t_min=t_min, t_max=t_max, coupling=coupling)
+        mlp = MLP(2, HIDDEN)
+        return _phased(lambda n, lr, p, cb: train_cfm(mlp, path, data, n, rng, batch=256, lr=lr, params=p,
+                                                      callback=cb, t_min=t_min, t_max=t_max, coupling=coupling),
+                       steps, SCHEDULES["cfm"], callback)
     return train
 
 
@@ -88,7 +93,7 @@ def register_rows():
     register(Row("i-cfm", "I-CFM", "CFM", _train(ConstantSigma(0.0), None), _evaluate, scaled(1.0),
                  about + "sigma = 0, independent pairs"))
     register(Row("ot-cfm", "OT-CFM", "CFM", _train(ConstantSigma(0.0), ExactOTCoupling()), _evaluate, scaled(1.0),
-                 about + "sigma = 0, exact OT permutation per batch"))
+                 about + "sigma = 0, exact OT permutation per batch", step_ms=9.5))
     register(Row("sb-cfm", "SB-CFM", "CFM",
                  _train(BrownianBridge(SB_SIGMA), EntropicCoupling(SB_SIGMA, tol=TRAIN_SINKHORN_TOL), 1e-3, 1 - 1e-3),
-                 _evaluate, scaled(1.0), about + f"Brownian bridge sigma = {SB_SIGMA}, Sinkhorn eps = 2 sigma^2"))
+                 _evaluate, scaled(1.0), about + f"Brownian bridge sigma = {SB_SIGMA}, Sinkhorn eps = 2 sigma^2", step_ms=6.0))
