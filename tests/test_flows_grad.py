@@ -262,8 +262,9 @@ def test_the_batch_gradient_is_the_mean_of_the_per_point_gradients():
 
 @pytest.mark.parametrize("kind", ["coupling", "planar"])
 def test_flat_adam_gives_the_per_leaf_iterates(kind):
-    """train_flow_mle runs Adam on one flat vector: the update is elementwise, so its losses,
-    iterates and callback parameters are those of ``adam`` on the pytree, bit for bit."""
+    """train_flow_mle's losses, iterates and callback parameters are those of ``adam`` on the
+    pytree with the flow's gradient and the same batches, bit for bit (``adam`` runs its
+    elementwise update on one flat vector; test_train.py pins it against the per-leaf rule)."""
     from fm_ref.train import adam
 
     data = _toy_data(200)

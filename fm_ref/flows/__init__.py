@@ -31,7 +31,7 @@ from ..distributions import LOG_2PI, StandardNormal
 from .coupling import AffineCoupling, MaskedAutoregressive
 from .layers import ElementwiseAffine, Layer, Permutation, Reverse, _check_output
 from .residual import Planar, Radial
-from ..train import _leaves, _rebuild, adam, tree_flatten
+from ..train import adam
 
 __all__ = [
     "Layer", "Planar", "Radial", "AffineCoupling", "MaskedAutoregressive", "ElementwiseAffine",
@@ -270,23 +270,11 @@ def train_flow_mle(flow, data, steps, rng, lr=5e-3, batch=256, params=None, call
 
         nll_and_grad = value_and_grad(nll)
 
-    # Adam runs on one flat vector: its update is elementwise, so the iterates are those of
-    # the per-leaf update, without ~25 NumPy calls per leaf and step (a flow has dozens of leaves).
-    shapes = [onp.shape(leaf) for leaf in _leaves(params)]
-    ends = onp.cumsum([int(onp.prod(shape)) for shape in shapes])
-
-    def unflatten(theta):
-        return _rebuild(params, (theta[end - size:end].reshape(shape) for end, size, shape in
-                                 zip(ends, onp.diff(ends, prepend=0), shapes)))
-
-    def loss_and_grad(theta, step):
+    def loss_and_grad(p, step):
         x = data if batch >= n else data[rng.choice(n, size=batch, replace=False)]
-        loss, g = nll_and_grad(unflatten(theta), x)
-        return loss, tree_flatten(g)
+        return nll_and_grad(p, x)
 
-    flat_callback = None if callback is None else (lambda i, loss, theta: callback(i, loss, unflatten(theta)))
-    theta, losses = adam(loss_and_grad, tree_flatten(params), steps, lr=lr, callback=flat_callback)
-    return unflatten(theta), losses
+    return adam(loss_and_grad, params, steps, lr=lr, callback=callback)
 
 
 #: Smallest eigenvalue of the sample correlation matrix taken as non-zero: points on a
