@@ -241,3 +241,21 @@ def test_convergence_study_records_are_the_demo_rows_own_numbers():
     assert recs[2]["nll"] != recs[3]["nll"]  # a separate run per budget
     with pytest.raises(ValueError, match=r"^keys: expected keys of fm_ref.demo.ROWS"):
         study(["no-such-row"], [1])
+
+
+def test_report_says_which_rows_stop_early_only_at_the_default_budget(cost_run):
+    """A row's ``early`` note is printed under the table at the default --steps (the budget
+    the convergence study judged); other budgets and --quick print no such note."""
+    import copy
+
+    from fm_ref.demo.run import report
+
+    res = copy.deepcopy({k: v for k, v in cost_run[0].items() if k != "cost"} | {"cost": {"rows": {}}})
+    res["models"][1]["early"] = "the CNF stops early: a reason"
+    assert "note: the CNF stops early" not in report(res)  # steps = 24 here
+    res["steps"] = demo.DEFAULTS["steps"]
+    assert "\nnote: the CNF stops early: a reason" in report(res)
+    res["quick"] = True
+    text = report(res)
+    assert "note: the CNF stops early" not in text and "note: --quick trains on" in text
+    assert [r.early for r in demo.ROWS.values() if r.early] == [demo.ROWS["ddpm-vp"].early]
