@@ -404,7 +404,7 @@ def build_parser():
     p.add_argument("--json", type=_name, metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("bench", help="time divergence, CNF log-likelihood, CFM training and flow log_prob")
+    p = sub.add_parser("bench", help="time divergence, CNF log-likelihood, CFM and NF training, and flow log_prob")
     p.add_argument("--repeats", type=_int_in(1, MAX_REPEATS), default=3, metavar="N",
                    help="repeats per timing (median; default 3)")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")

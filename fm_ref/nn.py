@@ -259,23 +259,48 @@ class MLP:
             return 1.0 - h * h
         return self.d_act(a)
 
-    def _sq_error_and_grad(self, params, x, t, target):
+    def _forward_cached(self, params, x, t):
+        """(output, cache): ``apply``'s forward pass keeping what ``_vjp`` needs, the input of
+        every layer (features, then each hidden activation) and the hidden pre-activations.
+
+        Derivation: derivations/07-normalizing-flows.md (NF.27)
+        """
+        # NumPy's tanh itself for tanh (the value of _tanh, without autograd's wrapper)
+        act = onp.tanh if self.activation == "tanh" else self.act
         h = self.features(x, t)
         inputs, pre = [h], []
         for W, b in params[:-1]:
             a = h @ W + b
             pre.append(a)
-            h = self.act(a)
+            h = act(a)
             inputs.append(h)
         W, b = params[-1]
-        resid = h @ W + b - target
-        n = x.shape[0]
-        loss = float(onp.sum(resid * resid) / n)
-        g = (2.0 / n) * resid
+        return h @ W + b, (inputs, pre)
+
+    def _vjp(self, params, cache, g, x_grad=True):
+        """The vector–Jacobian product of ``apply``: for the upstream gradient g = ∂L/∂v of
+        shape (n, out_dim), the parameter gradients [(∂L/∂W_ℓ, ∂L/∂b_ℓ)] and ∂L/∂x, shape
+        (n, in_dim) (None when ``x_grad`` is false), by the chain rule
+        ∂L/∂W_ℓ = h_{ℓ−1}ᵀ g_ℓ, ∂L/∂b_ℓ = Σ_i g_ℓ, g_{ℓ−1} = (g_ℓ W_ℓᵀ) ⊙ φ'(a_{ℓ−1}),
+        ∂L/∂features = g_1 W_1ᵀ, whose first in_dim columns are ∂L/∂x (the time features
+        do not depend on x). ``cache`` is from ``_forward_cached``.
+
+        Derivation: derivations/07-normalizing-flows.md (NF.27)
+        """
+        inputs, pre = cache
         grads = []
         for layer in range(len(params) - 1, -1, -1):
             W = params[layer][0]
             grads.append((inputs[layer].T @ g, g.sum(axis=0)))
             if layer > 0:
                 g = (g @ W.T) * self._d_act_given(pre[layer - 1], inputs[layer])
-        return loss, grads[::-1]
+        gx = (g @ params[0][0][:self.in_dim].T) if x_grad else None
+        return grads[::-1], gx
+
+    def _sq_error_and_grad(self, params, x, t, target):
+        out, cache = self._forward_cached(params, x, t)
+        resid = out - target
+        n = x.shape[0]
+        loss = float(onp.sum(resid * resid) / n)
+        grads, _ = self._vjp(params, cache, (2.0 / n) * resid, x_grad=False)
+        return loss, grads

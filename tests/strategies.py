@@ -350,3 +350,64 @@ def six_paths():
 
 
 path_pairs = st.tuples(st.sampled_from(six_paths()), st.sampled_from(six_paths()))
+
+
+# ---- flows: the hand-written backward pass of the NLL (test_flows_grad.py)
+
+#: Layers with a hand-written backward (NF.27): what ``default_flow(d, 'coupling')`` uses.
+HAND_BACKWARD_KINDS = ("coupling", "elementwise", "permutation", "reverse")
+
+
+def _coupling(draw, rng, d):
+    """An AffineCoupling with a drawn mask ('even', 'odd' or random 0/1 with both values),
+    widths (none to two hidden layers), activation and scale bound."""
+    from fm_ref.flows import AffineCoupling
+
+    mask = draw(st.sampled_from(["even", "odd", "random"]))
+    if mask == "random":
+        mask = rng.permutation(np.arange(d) < rng.integers(1, d)).astype(float)
+    return AffineCoupling(d, mask=mask, hidden=draw(st.sampled_from([(), (4,), (8,), (5, 7), (8, 8), (6, 4, 5)])),
+                          activation=draw(st.sampled_from(["tanh", "softplus", "swish"])),
+                          scale_bound=draw(st.one_of(st.sampled_from([0.5, 1.0, 3.0]), st.floats(0.2, 5.0))))
+
+
+@st.composite
+def hand_backward_layers(draw, dim=None):
+    """(layer, params, x): one layer with a hand-written backward, in R^d for d in 2..4,
+    all raw parameters N(0, scale²) (non-zero output layers, so s and t are not trivial),
+    and n points N(0, 1.5²), from an explicit seed."""
+    from fm_ref.flows import ElementwiseAffine, Permutation, Reverse
+
+    d = draw(st.integers(2, 4)) if dim is None else dim
+    rng = np.random.default_rng(draw(seeds))
+    kind = draw(st.sampled_from(HAND_BACKWARD_KINDS))
+    layer = {"coupling": lambda: _coupling(draw, rng, d), "elementwise": lambda: ElementwiseAffine(d),
+             "permutation": lambda: Permutation(d, rng.permutation(d)), "reverse": lambda: Reverse(d)}[kind]()
+    params = _random_like(layer.identity_params(), rng, draw(st.sampled_from([0.3, 1.0, 2.0])))
+    return layer, params, rng.normal(0.0, 1.5, (draw(st.integers(1, 12)), d))
+
+
+@st.composite
+def hand_backward_flows(draw, dim=None, max_couplings=4):
+    """(flow, params, x): 1..max_couplings couplings (each drawn as in ``hand_backward_layers``),
+    permutations or reversals between some of them, possibly a nested Flow, and an
+    ElementwiseAffine on the data side; raw parameters N(0, scale²); n points."""
+    from fm_ref.flows import ElementwiseAffine, Flow, Permutation, Reverse
+
+    d = draw(st.integers(2, 4)) if dim is None else dim
+    rng = np.random.default_rng(draw(seeds))
+    layers = []
+    for _ in range(draw(st.integers(1, max_couplings))):
+        between = draw(st.sampled_from([None, None, "permutation", "reverse"]))
+        if between == "permutation":
+            layers.append(Permutation(d, rng.permutation(d)))
+        elif between == "reverse":
+            layers.append(Reverse(d))
+        layers.append(_coupling(draw, rng, d))
+    if len(layers) >= 2 and draw(st.booleans()):
+        layers = [layers[0], Flow(layers[1:])]  # a nested flow stands as one layer
+    if draw(st.booleans()):
+        layers.append(ElementwiseAffine(d))
+    flow = Flow(layers)
+    params = _random_like(flow.identity_params(), rng, draw(st.sampled_from([0.3, 1.0, 2.0])))
+    return flow, params, rng.normal(0.0, 1.5, (draw(st.integers(1, 40)), d))

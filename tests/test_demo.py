@@ -217,3 +217,45 @@ def test_quick_uses_the_quick_sizes(small, tmp_path):
     res = demo.run_demo(out=str(tmp_path), plot=False, jobs=1, quick=True, log=lambda m: None)
     assert res["quick"] and res["steps"] == 7 and res["n_eval"] == 30 and res["models"][0]["train_steps"] == 7
     assert len(res["cost"]["rows"]["cfm-condot"]["curve"]) == 2
+
+
+def test_convergence_study_records_are_the_demo_rows_own_numbers():
+    """``fm_ref.demo.study``: the same data and row seeds as the demo; each record's NLL is
+    the row's held-out NLL after training the given steps (re-trained here), and its gap is
+    the paired gap to the closed-form density of 8gaussians on the same points (EVAL.7)."""
+    from fm_ref.demo.study import study
+    from fm_ref.toy.truth import toy_log_prob
+
+    lines = []
+    recs = study(["cfm-condot", "i-cfm"], [3, 5], n_train=400, n_eval=40, log=lines.append)
+    assert [(r["key"], r["steps"]) for r in recs] == [("cfm-condot", 3), ("cfm-condot", 5), ("i-cfm", 3),
+                                                     ("i-cfm", 5)]
+    assert len(lines) == 4 and lines[0].startswith("CFM CondOT") and "3 steps" in lines[0]
+    rng = np.random.default_rng(np.random.SeedSequence(0).spawn(1)[0])
+    train, test = make_toy("8gaussians", 400, rng), make_toy("8gaussians", 40, rng)
+    row = demo.ROWS["i-cfm"]
+    params, _ = row.train(train, 5, np.random.default_rng(demo._row_seeds(0, "i-cfm")[0]), None)
+    log_p, _ = row.evaluate(params).log_prob(test)
+    assert recs[3]["nll"] == float(np.mean(-log_p))
+    np.testing.assert_allclose(recs[3]["gap"], np.mean(toy_log_prob("8gaussians", test) - log_p), rtol=1e-12)
+    assert recs[2]["nll"] != recs[3]["nll"]  # a separate run per budget
+    with pytest.raises(ValueError, match=r"^keys: expected keys of fm_ref.demo.ROWS"):
+        study(["no-such-row"], [1])
+
+
+def test_report_says_which_rows_stop_early_only_at_the_default_budget(cost_run):
+    """A row's ``early`` note is printed under the table at the default --steps (the budget
+    the convergence study judged); other budgets and --quick print no such note."""
+    import copy
+
+    from fm_ref.demo.run import report
+
+    res = copy.deepcopy({k: v for k, v in cost_run[0].items() if k != "cost"} | {"cost": {"rows": {}}})
+    res["models"][1]["early"] = "the CNF stops early: a reason"
+    assert "note: the CNF stops early" not in report(res)  # steps = 24 here
+    res["steps"] = demo.DEFAULTS["steps"]
+    assert "\nnote: the CNF stops early: a reason" in report(res)
+    res["quick"] = True
+    text = report(res)
+    assert "note: the CNF stops early" not in text and "note: --quick trains on" in text
+    assert [r.early for r in demo.ROWS.values() if r.early] == [demo.ROWS["ddpm-vp"].early]

@@ -209,3 +209,30 @@ def test_train_cfm_first_step_is_adam_on_the_cfm_loss_of_its_batch(as_array):
     want = tree_flatten(params) - lr * tree_flatten(g) / (np.abs(tree_flatten(g)) + 1e-8)
     # the hand-written backward pass against autograd, then one Adam step of size ≤ lr
     np.testing.assert_allclose(tree_flatten(seen[0][1]), want, rtol=1e-10, atol=1e-12)
+
+
+def test_adam_names_the_leaf_and_keeps_each_steps_parameters():
+    """Adam's update runs on one flat vector: its errors still name the leaf they come from,
+    and the parameters a callback receives are fresh each step (later steps leave an
+    earlier snapshot as it was)."""
+    tree = [(np.zeros((2, 3)), np.zeros(3)), (np.zeros((3, 1)), np.ones(1))]
+    big = [(np.ones((2, 3)), np.ones(3)), (np.full((3, 1), 1e200), np.ones(1))]  # g² overflows in leaf 2
+    with pytest.raises(FloatingPointError, match=r"^loss_and_grad: the gradient \(leaf 2\) at step 0 is too large"):
+        adam(lambda p, s: (1.0, big), tree, 3)
+    huge = [(np.zeros((2, 3)), np.full(3, 1.7e308)), (np.zeros((3, 1)), np.zeros(1))]
+    with pytest.raises(FloatingPointError, match=r"^adam: the parameters \(leaf 1\) became non-finite at step 0"):
+        adam(lambda p, s: (1.0, [(np.ones((2, 3)), -np.ones(3)), (np.ones((3, 1)), np.ones(1))]), huge, 2,
+             lr=1e307)  # lr/(1 − b1) = 1e308: finite alone, beyond float64 added to 1.7e308
+    seen = []
+    grads = [(np.ones((2, 3)), np.ones(3)), (np.ones((3, 1)), -np.ones(1))]
+    params, _ = adam(lambda p, s: (1.0, grads), tree, 3, lr=0.5,
+                     callback=lambda i, loss, p: seen.append((p, [a.copy() for a in _flat_leaves(p)])))
+    for p, copies in seen:
+        assert all(np.array_equal(a, c) for a, c in zip(_flat_leaves(p), copies))
+    assert type(params) is list and type(params[1]) is tuple and params[1][0].shape == (3, 1)
+    # three steps of lr·|g|/(|g| + eps) against g = −1 (the constant-gradient rule)
+    np.testing.assert_allclose(params[1][1], [1.0 + 3 * 0.5 / (1.0 + 1e-8)], rtol=1e-14)  # 3 rounded steps
+
+
+def _flat_leaves(tree):
+    return [leaf for pair in tree for leaf in pair]

@@ -200,7 +200,8 @@ def sinkhorn(x_0, x_1, epsilon, a=None, b=None, tol=SINKHORN_TOL, max_iter=SINKH
     max_iter = as_positive_int(max_iter, "max_iter")
     a, b = _weights(a, n, "a", positive=True), _weights(b, m, "b", positive=True)
     log_a, log_b, K = onp.log(a), onp.log(b), -C / epsilon
-    if float(C.max()) / epsilon <= PLAIN_DOMAIN_MAX:
+    plain = float(C.max()) / epsilon <= PLAIN_DOMAIN_MAX
+    if plain:
         # e^{−C/ε} ≥ e^{−50}: each log-sum-exp is the log of a matrix-vector product
         E = onp.exp(K)
 
@@ -226,10 +227,12 @@ def sinkhorn(x_0, x_1, epsilon, a=None, b=None, tol=SINKHORN_TOL, max_iter=SINKH
         lse = lse_rows(log_b + g / epsilon)
         err = float(onp.sum(a * onp.abs(onp.expm1(f / epsilon + lse))))
         if err <= tol:
-            log_plan = log_a[:, None] + log_b[None, :] + (f[:, None] + g[None, :]) / epsilon + K
-            plan = onp.exp(log_plan)
-            kl = float(onp.sum(plan * (log_plan - log_a[:, None] - log_b[None, :])))
-            return SinkhornResult(plan, f, g, it, err, float(onp.sum(plan * C)) + epsilon * kl)
+            plan = (onp.outer(onp.exp(log_a + f / epsilon), onp.exp(log_b + g / epsilon)) * E if plain
+                    else onp.exp(log_a[:, None] + log_b[None, :] + (f[:, None] + g[None, :]) / epsilon + K))
+            # ε KL(π ‖ abᵀ) = Σ π_ij (f_i + g_j − C_ij), so the objective ⟨π, C⟩ + ε KL is
+            # ⟨f, π1⟩ + ⟨g, πᵀ1⟩ (CPL.6), without a log of the n × m plan
+            objective = float(f @ plan.sum(axis=1) + g @ plan.sum(axis=0))
+            return SinkhornResult(plan, f, g, it, err, objective)
         f = -epsilon * lse
     raise RuntimeError(f"sinkhorn: marginal error {err:.3e} > tol = {tol:g} after max_iter = {max_iter} "
                        f"iterations (epsilon = {epsilon:g}, max C = {float(C.max()):.3g}); raise max_iter, "
@@ -263,8 +266,16 @@ def sample_pairs(plan, n, rng):
     if plan.ndim != 2:
         raise ValueError(f"plan: expected a 2-D array (n0, n1), got shape {plan.shape}")
     p = _weights(plan.ravel(), plan.size, "plan")
-    n = as_positive_int(n, "n")
-    k = as_generator(rng).choice(plan.size, size=n, p=p)
+    return _draw_pairs(p.reshape(plan.shape), as_positive_int(n, "n"), as_generator(rng))
+
+
+def _draw_pairs(plan, n, rng):
+    """``sample_pairs`` on a validated non-negative plan (any positive total): inverse-CDF
+    draws over the flattened plan, k the first index whose cumulative probability exceeds
+    a uniform u ∈ [0, 1) (a zero entry is never drawn)."""
+    cdf = onp.cumsum(plan.ravel())
+    cdf /= cdf[-1]
+    k = onp.searchsorted(cdf, rng.random(n), side="right")
     return k // plan.shape[1], k % plan.shape[1]
 
 
@@ -313,7 +324,7 @@ class EntropicCoupling:
 
     def __call__(self, x_0, x_1, rng):
         res = sinkhorn(x_0, x_1, self.epsilon, tol=self.tol, max_iter=self.max_iter)
-        i, j = sample_pairs(res.plan / res.plan.sum(), x_0.shape[0], rng)
+        i, j = _draw_pairs(res.plan, x_0.shape[0], rng)  # sinkhorn's plan: finite, non-negative
         return x_0[i], x_1[j]
 
     def __repr__(self):

@@ -35,7 +35,7 @@ import os
 import sys
 import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -85,6 +85,8 @@ class Row:
         counted as one), unless the train function reports them
     early : str, why this row stops before its plateau at the default budget ('' if it
         does not), printed under the table
+    step_ms : float, rough training milliseconds per step on one core, used only to
+        start the longest rows first (it changes no result)
     """
 
     key: str
@@ -97,6 +99,7 @@ class Row:
     cost: bool = False
     nfe_per_step: int = 1
     early: str = ""
+    step_ms: float = 2.0
 
 
 #: The rows in table order, by key.
@@ -250,13 +253,10 @@ def _train_cfm(path_name, schedule=None):
     return train
 
 
-register(Row("nf", "NF (coupling, MLE)", "NF", _train_nf, _evaluate_nf, scaled(0.375),
-             "maximum likelihood, 8 affine couplings + affine, batch 256", cost=True,
-             early="the NF stops early: on 8gaussians its held-out NLL still falls by ~0.05 nats per 2000 steps "
-                   "after 3000 (derivations/08-evaluation.md, section 8), and its steps (autograd through 8 "
-                   "couplings, ~30 ms) put that plateau beyond the demo's 3-minute budget"))
+register(Row("nf", "NF (coupling, MLE)", "NF", _train_nf, _evaluate_nf, scaled(0.75),
+             "maximum likelihood, 8 affine couplings + affine, batch 256", cost=True, step_ms=5.0))
 register(Row("cnf", "CNF (MLE, adjoint)", "CNF", _train_cnf_mle, _mlp_cnf((64, 64)), scaled(0.015),
-             "maximum likelihood, adjoint gradients, MLP 2->64->64->2, batch 128", cost=True))
+             "maximum likelihood, adjoint gradients, MLP 2->64->64->2, batch 128", cost=True, step_ms=350.0))
 register(Row("cfm-condot", "CFM CondOT", "CFM", _train_cfm("CondOT"), _mlp_cnf((64, 64)), scaled(1.0),
              "conditional flow matching, MLP 2->64->64->2, batch 256", cost=True))
 register(Row("cfm-cosine", "CFM Cosine", "CFM", _train_cfm("Cosine"), _mlp_cnf((64, 64)), scaled(1.0),
@@ -265,16 +265,13 @@ register(Row("cfm-cosine", "CFM Cosine", "CFM", _train_cfm("Cosine"), _mlp_cnf((
 from ..couplings.demo_rows import register_rows  # noqa: E402  (I-CFM, OT-CFM, SB-CFM; derivations/10-couplings.md)
 
 register_rows()
-# The 3-minute budget of the default demo: the coupling and diffusion rows train for a
-# quarter of the CFM steps (2000 at the default), the budget their own measurements used.
-for _key in ("i-cfm", "ot-cfm", "sb-cfm"):
-    ROWS[_key] = replace(ROWS[_key], budget=scaled(0.25))
 
 
-def _train_ddpm(data, steps, rng, callback):
+def _train_ddpm(data, steps, rng, callback, schedule=None):
     from ..diffusion.experiment import train_eps_vp
 
-    return train_eps_vp(data, steps, rng, callback=callback)[1:]
+    return _phased(lambda n, lr, p, cb: train_eps_vp(data, n, rng, lr=lr, callback=cb, params=p)[1:],
+                   steps, schedule or SCHEDULES["cfm"], callback)
 
 
 def _evaluate_ddpm(params):
@@ -283,9 +280,13 @@ def _evaluate_ddpm(params):
     return EpsVPModel(params, tol=DEFAULTS["eval_tol"])
 
 
-register(Row("ddpm-vp", "DDPM eps (VP)", "Diffusion", _train_ddpm, _evaluate_ddpm, scaled(0.25),
+register(Row("ddpm-vp", "DDPM eps (VP)", "Diffusion", _train_ddpm, _evaluate_ddpm, scaled(1.0),
              "eps-prediction (DDPM's loss) on VP to t = 0.999, MLP 2->64->64->2, batch 256; NLL by the "
-             "probability-flow ODE, samples by the reverse SDE (500 Euler-Maruyama steps)"))
+             "probability-flow ODE, samples by the reverse SDE (500 Euler-Maruyama steps)",
+             early="DDPM eps stops early: it trains the CFM rows' steps, so that the two losses are compared at "
+                   "equal cost, and there its probability-flow NLL is still falling (gap 0.38 at 8000 steps, 0.23 "
+                   "at 16000, 0.13 at 32000; derivations/08-evaluation.md, section 8): converted to a velocity, "
+                   "its eps error near t = 0 is multiplied by D/alpha ~ 10 (derivations/09-diffusion.md, section 8)"))
 
 
 # ----------------------------------------------------------------------------- train and evaluate

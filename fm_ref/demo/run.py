@@ -42,29 +42,44 @@ def _picklable(log):
     return log
 
 
+def _schedule(keys, steps):
+    """The rows in the order their training starts: the longest first (by ``Row.step_ms``
+    times the row's steps), so that two workers finish together; ties keep table order."""
+    cost = {k: demo.ROWS[k].step_ms * demo.ROWS[k].budget(steps) for k in keys}
+    return sorted(keys, key=lambda k: -cost[k])
+
+
 def _train_and_evaluate(pool, keys, train, test, seed, steps, sizes, figure, true_lp, log):
+    """Train every row, the longest first; each row's evaluation (and its cost snapshots)
+    is queued as soon as its training ends, behind the trainings still waiting, so that
+    no worker idles while another trains."""
+    from concurrent.futures import as_completed
+
     if not isinstance(pool, demo._Inline):
         log = _picklable(log)
-    trained = [pool.submit(train_model, key, train, steps, _row_seeds(seed, key)[0], log,
-                           sizes["checkpoints"] if demo.ROWS[key].cost else 0) for key in keys]
-    trained = [f.result() for f in trained]
-    log(f"training done; evaluating on {test.shape[0]} held-out points "
-        f"(ODE rtol = atol = {sizes['eval_tol']:g}, DOP853, exact divergence)")
-    evals = [pool.submit(evaluate_model, job, test, _row_seeds(seed, job["key"])[1], figure, true_lp)
-             for job in trained]
-    snaps = {job["key"]: [(s, pool.submit(checkpoint_nll, job["key"], s["params"], test))
-                          for s in job["snapshots"][:-1]] for job in trained if job["snapshots"]}
-    evals = [f.result() for f in evals]
+    training = {pool.submit(train_model, key, train, steps, _row_seeds(seed, key)[0], log,
+                            sizes["checkpoints"] if demo.ROWS[key].cost else 0): key
+                for key in _schedule(keys, steps)}
+    trained, evals, snaps = {}, {}, {}
+    for fut in as_completed(training):
+        job = fut.result()
+        key = job["key"]
+        trained[key] = job
+        evals[key] = pool.submit(evaluate_model, job, test, _row_seeds(seed, key)[1], figure, true_lp)
+        if job["snapshots"]:
+            snaps[key] = [(s, pool.submit(checkpoint_nll, key, s["params"], test)) for s in job["snapshots"][:-1]]
+    log("training done")
+    evals = [evals[key].result() for key in keys]
     curves = {}
-    for job, rec in zip(trained, evals):
-        if job["key"] not in snaps:
+    for key, rec in zip(keys, evals):
+        if key not in snaps:
             continue
         points = [dict({k: v for k, v in s.items() if k != "params"}, nll=f.result()[0], nll_se=f.result()[1],
-                       params=s["params"]) for s, f in snaps[job["key"]]]
-        last = job["snapshots"][-1]
+                       params=s["params"]) for s, f in snaps[key]]
+        last = trained[key]["snapshots"][-1]
         points.append(dict({k: v for k, v in last.items() if k != "params"}, nll=rec["nll"], nll_se=rec["nll_se"],
                            params=last["params"]))
-        curves[job["key"]] = {"name": rec["name"], "family": rec["family"], "curve": points}
+        curves[key] = {"name": rec["name"], "family": rec["family"], "curve": points}
     return evals, curves
 
 
@@ -86,6 +101,8 @@ def run(data, steps, seed, out, n_eval, figure_ok, jobs, log, sizes, outputs, qu
     for name, exists in outputs.items():
         if exists:
             log(f"  {os.path.join(out, name)} exists and will be replaced")
+    log(f"each model is evaluated as soon as it is trained, on {n_eval} held-out points "
+        f"(ODE rtol = atol = {sizes['eval_tol']:g}, DOP853, exact divergence)")
     figure = None
     if figure_ok:
         lim = float(np.ceil(np.quantile(np.abs(test), 0.995) * 1.15 * 2) / 2)

@@ -38,14 +38,15 @@ _TIMES = (0.0, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99)
 SDE_STEPS = 500
 
 
-def train_eps_vp(data, steps, rng, weight=None, hidden=(64, 64), batch=256, lr=1e-3, callback=None):
-    """(mlp, params, losses): an ε-prediction MLP on VP(), trained on t ∈ [0, T_MAX).
+def train_eps_vp(data, steps, rng, weight=None, hidden=(64, 64), batch=256, lr=1e-3, callback=None, params=None):
+    """(mlp, params, losses): an ε-prediction MLP on VP(), trained on t ∈ [0, T_MAX)
+    (from ``params`` when given, else a fresh initialisation).
 
     Derivation: derivations/09-diffusion.md (DIF.10)
     """
     mlp = MLP(data.dim if hasattr(data, "dim") else onp.shape(data)[1], hidden)
     params, losses = train_diffusion(mlp, VP(), data, steps, rng, kind="eps", weight=weight, batch=batch, lr=lr,
-                                     callback=callback, t_max=T_MAX)
+                                     callback=callback, t_max=T_MAX, params=params)
     return mlp, params, losses
 
 

@@ -12,7 +12,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from .._validate import as_finite_float, as_generator, as_positive_int
-from .layers import Layer, tanh
+from .layers import Layer, sech2, tanh
 from ..nn import ACTIVATIONS, MLP
 
 __all__ = ["AffineCoupling", "MaskedAutoregressive", "made_masks"]
@@ -112,6 +112,45 @@ class AffineCoupling(Layer):
     def _inverse(self, params, x):
         s, t = self.log_scale_and_shift(params, x)
         return (x - t) * np.exp(-s), -np.sum(s, axis=1)
+
+    _BACKWARD_COVERS = ("_inverse", "log_scale_and_shift")
+
+    def _inverse_cached(self, params, x):
+        """``_inverse`` (NF.10) in plain NumPy on the transformed columns, keeping the network's
+        cache, u = s_raw/c, e^{−s} and z_B for ``_backward``.
+
+        Derivation: derivations/07-normalizing-flows.md (NF.27)
+        """
+        out, net_cache = self.net._forward_cached(params, x[:, self.kept], 0.0)
+        k = len(self.changed)
+        u = out[:, :k] / self.scale_bound
+        s = self.scale_bound * onp.tanh(u)
+        e = onp.exp(-s)
+        z_b = (x[:, self.changed] - out[:, k:]) * e
+        z = x.copy()
+        z[:, self.changed] = z_b
+        return z, -onp.sum(s, axis=1), (net_cache, u, e, z_b)
+
+    def _backward(self, params, cache, gz, gl):
+        """Backward of z_A = x_A, z_B = (x_B − t) ⊙ e^{−s}, log_det = −Σ_B s, s = c·tanh(u),
+        u = s_raw/c, (s_raw, t) = MLP(x_A, 0):
+
+        ∂L/∂x_B = gz_B ⊙ e^{−s};  ∂L/∂t = −∂L/∂x_B;  ∂L/∂s = −gz_B ⊙ z_B − gl;
+        ∂L/∂s_raw = ∂L/∂s ⊙ sech²(u) (= 1 − tanh²(u), NF.11);  then the network's
+        vector–Jacobian product gives its parameter gradients and g_A, and
+        ∂L/∂x_A = gz_A + g_A.
+
+        Derivation: derivations/07-normalizing-flows.md (NF.27)
+        """
+        net_cache, u, e, z_b = cache
+        gz_b = gz[:, self.changed]
+        gx_b = gz_b * e
+        gs = -gz_b * z_b - gl[:, None]
+        grads, gx_a = self.net._vjp(params, net_cache, onp.concatenate([gs * sech2(u), -gx_b], axis=1))
+        gx = onp.empty_like(gz)
+        gx[:, self.kept] = gz[:, self.kept] + gx_a
+        gx[:, self.changed] = gx_b
+        return grads, gx
 
 
 def made_masks(degrees, hidden):

@@ -77,6 +77,11 @@ def _check_output(layer, what, value, log_det):
         )
 
 
+def _defining_class(cls, name):
+    """The class in ``cls``'s MRO whose body defines the attribute ``name``."""
+    return next(c for c in cls.__mro__ if name in vars(c))
+
+
 class Layer:
     """Base class of the flow layers; subclasses define ``_forward``, ``_inverse``,
     ``identity_params`` and ``init``, and set ``self.dim``.
@@ -100,6 +105,34 @@ class Layer:
     def check_params(self, params):
         """Raise unless ``params`` has this layer's structure, shapes and finite values."""
         check_tree(params, self.identity_params())
+
+    # ---- the hand-written backward pass of the inverse (derivations/07-normalizing-flows.md (NF.27))
+    #: The methods whose arithmetic ``_inverse_cached`` and ``_backward`` reproduce: a subclass
+    #: that overrides one of them (and not ``_backward``) has no hand-written backward.
+    _BACKWARD_COVERS = ("_inverse",)
+
+    def _has_hand_backward(self):
+        """Whether ``_inverse_cached``/``_backward`` are this layer's own: the class that
+        defines ``_backward`` (not this base class) also defines, or inherits, every method
+        in ``_BACKWARD_COVERS``, none of them overridden below it nor on the instance."""
+        cls = type(self)
+        owner = _defining_class(cls, "_backward")
+        covers = self._BACKWARD_COVERS
+        return (owner is not Layer and not any(name in vars(self) for name in covers)
+                and all(_defining_class(cls, name) in owner.__mro__ for name in covers))
+
+    def _inverse_cached(self, params, x):  # pragma: no cover - only called where _has_hand_backward
+        """(z, log_det, cache): ``_inverse`` in plain NumPy, keeping what ``_backward`` needs."""
+        raise NotImplementedError
+
+    def _backward(self, params, cache, gz, gl):  # pragma: no cover - only called where _has_hand_backward
+        """(parameter gradients shaped like params, ∂L/∂x of shape (n, d)) for the upstream
+        gradients gz = ∂L/∂z, shape (n, d), and gl = ∂L/∂log_det, shape (n,), of the inverse
+        pass (z, log_det) = f⁻¹(x) cached by ``_inverse_cached``.
+
+        Derivation: derivations/07-normalizing-flows.md (NF.27)
+        """
+        raise NotImplementedError
 
     def forward_and_log_det(self, params, z):
         """x = f(z) and log|det ∂x/∂z|.
@@ -193,6 +226,22 @@ class ElementwiseAffine(Layer):
         s, b = params
         return (x - b) * np.exp(-s), -np.sum(s) * np.ones(x.shape[0])
 
+    def _inverse_cached(self, params, x):
+        s, b = params
+        e = onp.exp(-s)
+        z = (x - b) * e
+        return z, onp.full(x.shape[0], -onp.sum(s)), (z, e)
+
+    def _backward(self, params, cache, gz, gl):
+        """z = (x − b) ⊙ e^{−s}, log_det = −Σ_i s_i: ∂L/∂x = gz ⊙ e^{−s},
+        ∂L/∂b = −Σ_n gz ⊙ e^{−s}, ∂L/∂s = −Σ_n gz ⊙ z − Σ_n gl.
+
+        Derivation: derivations/07-normalizing-flows.md (NF.27)
+        """
+        z, e = cache
+        gx = gz * e
+        return (-onp.sum(gz * z, axis=0) - onp.sum(gl), -onp.sum(gx, axis=0)), gx
+
 
 class Permutation(Layer):
     """x_i = z_{perm[i]}: a fixed reordering of the coordinates; no parameters.
@@ -235,6 +284,16 @@ class Permutation(Layer):
 
     def _inverse(self, params, x):
         return x[:, self.inverse_perm], np.zeros(x.shape[0])
+
+    def _inverse_cached(self, params, x):
+        return x[:, self.inverse_perm], onp.zeros(x.shape[0]), None
+
+    def _backward(self, params, cache, gz, gl):
+        """z_j = x_{π⁻¹(j)}: ∂L/∂x_i = gz_{π(i)}; no parameters, and log_det = 0 ignores gl.
+
+        Derivation: derivations/07-normalizing-flows.md (NF.27)
+        """
+        return (), gz[:, self.perm]
 
 
 class Reverse(Permutation):
