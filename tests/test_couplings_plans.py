@@ -430,3 +430,22 @@ def test_sinkhorn_default_cap_is_ten_thousand_iterations():
     eps = float(cost_matrix(x_0, x_1).max()) / 50.0
     with pytest.raises(RuntimeError, match=r"after max_iter = 10000 iterations"):
         sinkhorn(x_0, x_1, eps, tol=1e-15)
+
+
+def test_pairs_are_drawn_by_the_inverse_cdf_of_the_flattened_plan_at_any_total():
+    """(CPL.5) k = the first flat index whose cumulative probability exceeds u ~ U[0, 1) (u from
+    ``rng.random(n)``), computed by hand; the private draw of a plan scaled to total 4 (as a
+    Sinkhorn plan may be, not renormalised) gives the same pairs.
+
+    Derivation: derivations/10-couplings.md (CPL.5)"""
+    from fm_ref.couplings.plans import _draw_pairs
+    plan = np.array([[0.1, 0.0, 0.2], [0.3, 0.15, 0.25]])
+    u = np.random.default_rng(0).random(40)
+    cum = np.array([0.1, 0.1, 0.3, 0.6, 0.75, 1.0])
+    k = np.array([next(i for i in range(6) if cum[i] > v) for v in u])
+    i, j = sample_pairs(plan, 40, np.random.default_rng(0))
+    np.testing.assert_array_equal(i, k // 3)
+    np.testing.assert_array_equal(j, k % 3)
+    i4, j4 = _draw_pairs(4.0 * plan, 40, np.random.default_rng(0))
+    np.testing.assert_array_equal(i4, i)
+    np.testing.assert_array_equal(j4, j)
