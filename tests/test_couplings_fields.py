@@ -746,3 +746,18 @@ def test_field_error_averages_over_t_uniform_on_0_1():
 def test_pair_mixture_repr_names_sizes_dimension_and_path():
     pm = PairMixture(np.zeros((2, 3)), np.ones((4, 3)), None, ConstantSigma(0.5))
     assert repr(pm) == "PairMixture(2 x 4 points, d = 3, ConstantSigma(sigma=0.5))"
+
+
+def test_constant_sigma_derivative_is_zero_at_every_time_including_the_ends():
+    """(CPL.2) ConstantSigma has σ'_t = 0 for all t ∈ [0, 1], the ends included, so the CFM target
+    is u = x₁ − x₀ exactly there even when noise is drawn (σ > 0).
+
+    Derivation: derivations/10-couplings.md (CPL.2)"""
+    path = ConstantSigma(0.5)
+    t = np.array([0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(path.d_sigma_t(t), np.zeros(3))
+    assert path.d_sigma_t(0.0) == 0.0
+    rng = np.random.default_rng(2)
+    x_0, x_1 = rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
+    x_t, u = path.regression_target(t, x_0, x_1, np.random.default_rng(5))
+    np.testing.assert_array_equal(u, x_1 - x_0)
