@@ -207,8 +207,8 @@ def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch, few_ch
     assert "figures will be skipped" in out and "held-out vs held-out (floor)" in out
     res = json.loads((tmp_path / "results.json").read_text())
     assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM", "CFM", "CFM", "CFM", "Diffusion"]
-    assert res["budget"] == {"nf": 8, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "i-cfm": 10, "ot-cfm": 5,
-                             "sb-cfm": 20, "ddpm-vp": 10}
+    assert res["budget"] == {"nf": 6, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "i-cfm": 10, "ot-cfm": 4,
+                             "sb-cfm": 15, "ddpm-vp": 10}
     for m in res["models"]:
         assert np.isfinite(m["nll"]) and m["w2"] > 0 and m["train_seconds"] > 0
     for m in (m for m in res["models"] if m["key"] in ("i-cfm", "ot-cfm", "sb-cfm")):  # CPL.17's measurements

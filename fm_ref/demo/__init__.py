@@ -253,10 +253,10 @@ def _train_cfm(path_name, schedule=None):
     return train
 
 
-register(Row("nf", "NF (coupling, MLE)", "NF", _train_nf, _evaluate_nf, scaled(0.75),
-             "maximum likelihood, 8 affine couplings + affine, batch 256", cost=True, step_ms=5.0))
-register(Row("cnf", "CNF (MLE, adjoint)", "CNF", _train_cnf_mle, _mlp_cnf((64, 64)), scaled(0.015),
-             "maximum likelihood, adjoint gradients, MLP 2->64->64->2, batch 128", cost=True, step_ms=350.0))
+register(Row("nf", "NF (coupling, MLE)", "NF", _train_nf, _evaluate_nf, scaled(0.625),
+             "maximum likelihood, 8 affine couplings + affine, batch 256", cost=True, step_ms=7.0))
+register(Row("cnf", "CNF (MLE, adjoint)", "CNF", _train_cnf_mle, _mlp_cnf((64, 64)), scaled(0.0125),
+             "maximum likelihood, adjoint gradients, MLP 2->64->64->2, batch 128", cost=True, step_ms=400.0))
 register(Row("cfm-condot", "CFM CondOT", "CFM", _train_cfm("CondOT"), _mlp_cnf((64, 64)), scaled(1.0),
              "conditional flow matching, MLP 2->64->64->2, batch 256", cost=True))
 register(Row("cfm-cosine", "CFM Cosine", "CFM", _train_cfm("Cosine"), _mlp_cnf((64, 64)), scaled(1.0),
