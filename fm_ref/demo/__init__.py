@@ -48,7 +48,7 @@ __all__ = ["DEFAULTS", "QUICK", "SCHEDULES", "Row", "ROWS", "register", "cnf_mod
 DEFAULTS = {"steps": 8000, "n_train": 20_000, "n_eval": 2000, "eval_tol": 1e-5, "grid": 48, "n_traj": 300,
             "checkpoints": 10, "progress_seconds": 5.0}
 #: ``--quick``: a first look in about 30 s (budgets and sizes divided).
-QUICK = {"steps": 1500, "n_eval": 1000, "grid": 32, "n_traj": 150, "checkpoints": 6}
+QUICK = {"steps": 800, "n_eval": 1000, "grid": 32, "n_traj": 150, "checkpoints": 5}
 #: W₂ by exact assignment stores an n × n cost matrix: 10⁴ points are 800 MB and minutes.
 MAX_EVAL = 10_000
 # ODE tolerance of evaluation and sampling: the NLL's solver error (~1e-5) is far below
