@@ -190,6 +190,25 @@ def test_bench_quick_writes_json(capsys, tmp_path):
     assert payload["machine"]["nproc"] >= 1
 
 
+def test_bench_compares_each_round_with_pytorchs_faster_thread_count(monkeypatch):
+    """With torch present, each round's ratio is fm_ref's rate over PyTorch's faster rate of
+    its 1- and 2-thread loops in that round (a stand-in for torch gives known rates)."""
+    from fm_ref import bench
+    from fm_ref.bench import torch_reference
+
+    rates = iter([100.0, 400.0, 300.0, 200.0])  # round 1: 1 thread 100, 2 threads 400; round 2: 300, 200
+    monkeypatch.setattr(torch_reference, "available", lambda: True)
+    monkeypatch.setattr(torch_reference, "make_step", lambda data, threads: threads)
+    monkeypatch.setattr(torch_reference, "torch_cfm_rate", lambda step, steps: next(rates))
+    out = {r["name"]: r for r in bench.bench_cfm_training(2, steps=3)}
+    assert out["CFM training, PyTorch reference, 1 thread"]["times_s"] == [3 / 100.0, 3 / 300.0]
+    assert out["CFM training, PyTorch reference, 2 threads"]["times_s"] == [3 / 400.0, 3 / 200.0]
+    own = out["CFM training"]["times_s"]
+    ratios = [3 / 400.0 / own[0], 3 / 300.0 / own[1]]  # the faster PyTorch time over fm_ref's, per round
+    assert (f"rate / PyTorch (the faster of 1 and 2 threads) per round: median {np.median(ratios):.2f}, "
+            f"range {min(ratios):.2f}-{max(ratios):.2f}") in out["CFM training"]["notes"]
+
+
 DEMO_SMALL = ("demo", "--steps", "10", "--n-eval", "150", "--data", "moons")
 
 
@@ -207,8 +226,8 @@ def test_demo_small_run_without_matplotlib(capsys, tmp_path, monkeypatch, few_ch
     assert "figures will be skipped" in out and "held-out vs held-out (floor)" in out
     res = json.loads((tmp_path / "results.json").read_text())
     assert [m["family"] for m in res["models"]] == ["NF", "CNF", "CFM", "CFM", "CFM", "CFM", "CFM", "Diffusion"]
-    assert res["budget"] == {"nf": 8, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "i-cfm": 10, "ot-cfm": 5,
-                             "sb-cfm": 20, "ddpm-vp": 10}
+    assert res["budget"] == {"nf": 6, "cnf": 1, "cfm-condot": 10, "cfm-cosine": 10, "i-cfm": 10, "ot-cfm": 4,
+                             "sb-cfm": 15, "ddpm-vp": 10}
     for m in res["models"]:
         assert np.isfinite(m["nll"]) and m["w2"] > 0 and m["train_seconds"] > 0
     for m in (m for m in res["models"] if m["key"] in ("i-cfm", "ot-cfm", "sb-cfm")):  # CPL.17's measurements

@@ -257,5 +257,5 @@ def test_report_says_which_rows_stop_early_only_at_the_default_budget(cost_run):
     assert "\nnote: the CNF stops early: a reason" in report(res)
     res["quick"] = True
     text = report(res)
-    assert "note: the CNF stops early" not in text and "note: --quick trains on" in text
+    assert "note: the CNF stops early" not in text and "note: --quick trains on 1/10 of the default budgets" in text
     assert [r.early for r in demo.ROWS.values() if r.early] == [demo.ROWS["ddpm-vp"].early]

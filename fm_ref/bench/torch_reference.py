@@ -15,10 +15,10 @@ def available():
 
 
 def make_step(data, threads=2, seed=0):
-    """A function running one PyTorch CFM training step on ``data`` (array (N, 2))."""
+    """A function running one PyTorch CFM training step on ``data`` (array (N, 2)) with
+    ``threads`` intra-op threads (its ``threads`` attribute; ``torch_cfm_rate`` sets them)."""
     import torch
 
-    torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(seed)
     x_data = torch.as_tensor(data, dtype=torch.float64)
     net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
@@ -34,11 +34,15 @@ def make_step(data, threads=2, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    step.threads = threads
     return step
 
 
 def torch_cfm_rate(step, steps):
-    """Steps per second of ``steps`` calls of ``step`` (after a warm-up of 10)."""
+    """Steps per second of ``steps`` calls of ``step`` on its threads (after a warm-up of 10)."""
+    import torch
+
+    torch.set_num_threads(step.threads)
     for _ in range(10):
         step()
     start = time.perf_counter()

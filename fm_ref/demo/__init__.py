@@ -48,7 +48,7 @@ __all__ = ["DEFAULTS", "QUICK", "SCHEDULES", "Row", "ROWS", "register", "cnf_mod
 DEFAULTS = {"steps": 8000, "n_train": 20_000, "n_eval": 2000, "eval_tol": 1e-5, "grid": 48, "n_traj": 300,
             "checkpoints": 10, "progress_seconds": 5.0}
 #: ``--quick``: a first look in about 30 s (budgets and sizes divided).
-QUICK = {"steps": 1500, "n_eval": 1000, "grid": 32, "n_traj": 150, "checkpoints": 6}
+QUICK = {"steps": 800, "n_eval": 1000, "grid": 32, "n_traj": 150, "checkpoints": 5}
 #: W₂ by exact assignment stores an n × n cost matrix: 10⁴ points are 800 MB and minutes.
 MAX_EVAL = 10_000
 # ODE tolerance of evaluation and sampling: the NLL's solver error (~1e-5) is far below
@@ -253,10 +253,10 @@ def _train_cfm(path_name, schedule=None):
     return train
 
 
-register(Row("nf", "NF (coupling, MLE)", "NF", _train_nf, _evaluate_nf, scaled(0.75),
-             "maximum likelihood, 8 affine couplings + affine, batch 256", cost=True, step_ms=5.0))
-register(Row("cnf", "CNF (MLE, adjoint)", "CNF", _train_cnf_mle, _mlp_cnf((64, 64)), scaled(0.015),
-             "maximum likelihood, adjoint gradients, MLP 2->64->64->2, batch 128", cost=True, step_ms=350.0))
+register(Row("nf", "NF (coupling, MLE)", "NF", _train_nf, _evaluate_nf, scaled(0.625),
+             "maximum likelihood, 8 affine couplings + affine, batch 256", cost=True, step_ms=7.0))
+register(Row("cnf", "CNF (MLE, adjoint)", "CNF", _train_cnf_mle, _mlp_cnf((64, 64)), scaled(0.0125),
+             "maximum likelihood, adjoint gradients, MLP 2->64->64->2, batch 128", cost=True, step_ms=400.0))
 register(Row("cfm-condot", "CFM CondOT", "CFM", _train_cfm("CondOT"), _mlp_cnf((64, 64)), scaled(1.0),
              "conditional flow matching, MLP 2->64->64->2, batch 256", cost=True))
 register(Row("cfm-cosine", "CFM Cosine", "CFM", _train_cfm("Cosine"), _mlp_cnf((64, 64)), scaled(1.0),

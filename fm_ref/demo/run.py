@@ -194,7 +194,8 @@ def report(res):
             text.append(f"\n{comp['summary']}")
     notes = [r["early"] for r in res["models"] if r.get("early")]
     if res["quick"]:
-        text.append("\nnote: --quick trains on a fifth of the default budgets: every model stops before its plateau")
+        text.append(f"\nnote: --quick trains on 1/{round(demo.DEFAULTS['steps'] / demo.QUICK['steps'])} of the default "
+                    "budgets: every model stops before its plateau")
     elif notes and res["steps"] == demo.DEFAULTS["steps"]:
         text.append("\n" + "\n".join(f"note: {n}" for n in notes))
     return "\n".join(text)
