@@ -75,7 +75,9 @@ def test_independent_plan_is_the_outer_product():
 @given(point_sets(weights=True), st.sampled_from([0.3, 1.0, 3.0]))
 def test_sinkhorn_marginals_meet_the_stopping_tolerance(sets, eps):
     x_0, x_1, a, b = sets
-    res = sinkhorn(x_0, x_1, eps, a, b)
+    # a cap far above the default: near-sparse plans converge slowly (a 4 × 4 set in 3-D at
+    # ε = 0.3, max C = 57, takes 26 220 iterations, 1.7 s); the default cap is tested apart
+    res = sinkhorn(x_0, x_1, eps, a, b, max_iter=200_000)
     assert res.marginal_error <= SINKHORN_TOL
     assert np.sum(np.abs(res.plan.sum(1) - a)) <= SINKHORN_TOL  # recomputed, not the reported value
     # exact after the g-update up to the rounding of exp((f_i + g_j − C_ij)/ε), whose argument
