@@ -64,8 +64,9 @@ def test_bad_input_names_the_argument():
         train_cfm(lambda p, x, t: x, CondOT(), np.zeros((5, 2)), 2, np.random.default_rng(0))
     with pytest.raises(ValueError, match="t_max"):  # σ'² is not integrable at t = 1 for VP
         train_cfm(mlp, VP(), np.zeros((5, 2)), 2, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="lr"):
-        adam(lambda p, s: (0.0, p), [np.zeros(1)], 2, lr=-1.0)
+    for lr in (-1.0, 0.0):  # lr > 0: a step of zero size is refused too
+        with pytest.raises(ValueError, match=r"^lr: expected a value > 0"):
+            adam(lambda p, s: (0.0, p), [np.zeros(1)], 2, lr=lr)
     with pytest.raises(FloatingPointError, match="loss"):
         adam(lambda p, s: (np.nan, p), [np.zeros(1)], 2)
     for bad in (dict(b1=1.0), dict(b2=1.0), dict(b1=-0.5), dict(b2=1.5), dict(eps=-1.0)):
@@ -236,3 +237,4 @@ def test_adam_names_the_leaf_and_keeps_each_steps_parameters():
 
 def _flat_leaves(tree):
     return [leaf for pair in tree for leaf in pair]
+
