@@ -5,6 +5,7 @@ cases. Each section is owned by one module's tests; add new sections at the end.
 """
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis import target
 
 from fm_ref.distributions import Empirical, GaussianMixture
 from fm_ref.paths import VP, CondOT, Cosine, LinearVP, Polynomial
@@ -411,3 +412,13 @@ def hand_backward_flows(draw, dim=None, max_couplings=4):
     flow = Flow(layers)
     params = _random_like(flow.identity_params(), rng, draw(st.sampled_from([0.3, 1.0, 2.0])))
     return flow, params, rng.normal(0.0, 1.5, (draw(st.integers(1, 40)), d))
+
+
+# ---- a helper for properties that measure an error
+
+
+def worst(err):
+    """Report ``err`` to hypothesis's ``target`` (the search then looks for larger errors)
+    and return it: ``assert worst(error) <= TOL``."""
+    target(float(err))
+    return err

@@ -8,7 +8,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import grad
-from hypothesis import given, target
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import brentq
 
@@ -16,7 +16,7 @@ from fm_ref.flows import (AffineCoupling, ElementwiseAffine, Flow, MaskedAutoreg
                           Radial, Reverse, default_flow)
 from fm_ref.flows.residual import ROOT_TOL, planar_root, softplus
 from fm_ref.verify.flows import INVERSE_RTOL, LOGDET_RTOL, check_inverse, check_log_det, inverse_error, log_det_error
-from tests.strategies import FLOW_LAYER_KINDS, dims, fewer, flow_layers, flow_stacks, make_flow_layer, points, seeds
+from tests.strategies import worst, FLOW_LAYER_KINDS, dims, fewer, flow_layers, flow_stacks, make_flow_layer, points, seeds
 
 # Identity parameters: exactly the identity for every layer but Planar, whose û is
 # u + (softplus(log(e−1)) − 1 − log(e−1))·w = O(ε) after rounding: a few ulps of |z|.
@@ -29,11 +29,6 @@ ROOT_RTOL = 1e-12
 # ε/H ~ 1e-10 (DESIGN tier for central differences).
 FD_STEP = 1e-6
 FD_RTOL = 1e-6
-
-
-def _worst(err):
-    target(float(err))
-    return err
 
 
 def conditioning(layer_or_flow, params):
@@ -55,7 +50,7 @@ def test_log_det_matches_slogdet_of_jacobian(layer_params, data):
     """derivations/07-normalizing-flows.md (NF.6), (NF.9), (NF.13), (NF.16), (NF.21)"""
     layer, params = layer_params
     z = data.draw(points(layer.dim, n=3))
-    assert _worst(log_det_error(layer, params, z)) <= LOGDET_RTOL
+    assert worst(log_det_error(layer, params, z)) <= LOGDET_RTOL
 
 
 @given(flow_layers(), st.data())
@@ -65,7 +60,7 @@ def test_inverse_log_det_matches_slogdet_of_the_inverse_jacobian(layer_params, d
     derivations/07-normalizing-flows.md (NF.2), (NF.19)"""
     layer, params = layer_params
     x = data.draw(points(layer.dim, n=3))
-    assert _worst(log_det_error(layer, params, x, inverse=True)) <= LOGDET_RTOL
+    assert worst(log_det_error(layer, params, x, inverse=True)) <= LOGDET_RTOL
 
 
 @fewer(0.5)
@@ -74,7 +69,7 @@ def test_composition_log_det_matches_slogdet_of_jacobian(flow_params, data):
     """derivations/07-normalizing-flows.md (NF.3)"""
     flow, params = flow_params
     z = data.draw(points(flow.dim, n=2))
-    assert _worst(log_det_error(flow, params, z)) <= LOGDET_RTOL
+    assert worst(log_det_error(flow, params, z)) <= LOGDET_RTOL
     assert log_det_error(flow, params, z, inverse=True) <= LOGDET_RTOL
 
 
@@ -125,7 +120,7 @@ def test_inverse_inverts(layer_params, data):
     err_z, _ = inverse_error(layer, params, z)
     x_back = layer.forward_and_log_det(params, layer.inverse_and_log_det(params, z)[0])[0]
     err_x = np.max(np.abs(x_back - z)) / (1.0 + np.max(np.abs(z)))
-    assert _worst(max(err_z, err_x) / conditioning(layer, params)) <= INVERSE_RTOL
+    assert worst(max(err_z, err_x) / conditioning(layer, params)) <= INVERSE_RTOL
 
 
 @given(flow_layers(), st.data())
@@ -133,7 +128,7 @@ def test_forward_log_det_is_minus_inverse_log_det(layer_params, data):
     """derivations/07-normalizing-flows.md (NF.2)"""
     layer, params = layer_params
     _, err_ld = inverse_error(layer, params, data.draw(points(layer.dim, n=5, scale=3.0)))
-    assert _worst(err_ld / conditioning(layer, params)) <= INVERSE_RTOL
+    assert worst(err_ld / conditioning(layer, params)) <= INVERSE_RTOL
 
 
 @fewer(0.5)
@@ -142,7 +137,7 @@ def test_flow_inverse_inverts(flow_params, data):
     """derivations/07-normalizing-flows.md (NF.3)"""
     flow, params = flow_params
     err_z, err_ld = inverse_error(flow, params, data.draw(points(flow.dim, n=4)))
-    assert _worst(max(err_z, err_ld) / conditioning(flow, params)) <= INVERSE_RTOL
+    assert worst(max(err_z, err_ld) / conditioning(flow, params)) <= INVERSE_RTOL
 
 
 def test_inverse_check_rejects_a_wrong_inverse():
@@ -243,7 +238,7 @@ def test_planar_root_matches_brentq(c, ys):
     a = planar_root(sp, y)
     ref = np.array([brentq(lambda s: s + m * np.tanh(s) - yi, yi - abs(m) - 1e-12, yi + abs(m) + 1e-12,
                            xtol=1e-15, rtol=4 * np.finfo(float).eps) for yi in y])
-    assert _worst(np.max(np.abs(a - ref) / (1.0 + np.abs(ref)))) <= ROOT_RTOL
+    assert worst(np.max(np.abs(a - ref) / (1.0 + np.abs(ref)))) <= ROOT_RTOL
     assert ROOT_TOL <= ROOT_RTOL
 
 

@@ -9,7 +9,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import grad, value_and_grad
-from hypothesis import given, target
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fm_ref import flows
@@ -17,7 +17,7 @@ from fm_ref.distributions import GaussianMixture
 from fm_ref.flows import AffineCoupling, ElementwiseAffine, Flow, Planar, Reverse, default_flow, train_flow_mle
 from fm_ref.nn import MLP
 from fm_ref.train import _leaves
-from tests.strategies import hand_backward_flows, hand_backward_layers, mlp_fields, points, seeds
+from tests.strategies import worst, hand_backward_flows, hand_backward_layers, mlp_fields, points, seeds
 
 # Hand vs autograd gradients, leaf by leaf (‖Δ‖ ≤ GRAD_RTOL ‖autograd's leaf‖): the routes
 # form the same products and sums in other orders (BLAS blocking, autograd's sums of
@@ -32,11 +32,6 @@ LOSS_RTOL = 1e-13
 # Adam iterates from the two routes: the gradients differ by ~1e-15 relative, and Adam's
 # step m̂/(√v̂ + ε) moves by at most that relative amount times lr (θ of order 1).
 ITERATE_ATOL = 1e-10
-
-
-def _worst(err):
-    target(float(err))
-    return err
 
 
 def autograd_nll_and_grad(flow, params, x):
@@ -78,7 +73,7 @@ def test_hand_gradient_matches_autograd(case):
     flow, params, x = case
     loss_gap, grad_gap = gradient_gap(flow, params, x)
     assert loss_gap <= LOSS_RTOL
-    assert _worst(grad_gap) <= GRAD_RTOL
+    assert worst(grad_gap) <= GRAD_RTOL
 
 
 def test_hand_gradient_matches_autograd_on_the_default_flow():
@@ -110,7 +105,7 @@ def test_layer_backward_is_autograds_vjp(case, seed):
         return anp.sum(gz * z_) + anp.sum(gl * ld_)
 
     ref_params, ref_x = grad(pairing, (0, 1))(params, x)
-    assert _worst(max(leaf_errors(g_params, ref_params), leaf_errors(g_x, ref_x))) <= GRAD_RTOL
+    assert worst(max(leaf_errors(g_params, ref_params), leaf_errors(g_x, ref_x))) <= GRAD_RTOL
 
 
 @given(mlp_fields(), st.data())
@@ -125,7 +120,7 @@ def test_mlp_vjp_matches_autograd(field, data):
     np.testing.assert_array_equal(out, mlp.apply(params, x, t))
     g_params, g_x = mlp._vjp(params, cache, G)
     ref_params, ref_x = grad(lambda p, y: anp.sum(G * mlp.apply(p, y, t)), (0, 1))(params, x)
-    assert _worst(max(leaf_errors(g_params, ref_params), leaf_errors(g_x, ref_x))) <= GRAD_RTOL
+    assert worst(max(leaf_errors(g_params, ref_params), leaf_errors(g_x, ref_x))) <= GRAD_RTOL
     assert mlp._vjp(params, cache, G, x_grad=False)[1] is None
 
 
