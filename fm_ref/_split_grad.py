@@ -11,7 +11,6 @@ single-thread one to rounding (the sums are grouped by slice).
 """
 import os
 import threading
-import time
 import weakref
 
 import numpy as onp
@@ -63,29 +62,7 @@ class SplitGrad:
             for k in range(self.workers):
                 self._job(k, args, cuts, out, err, call)
             return self._combine(out, cuts, n)
-        ch = self._channel
-        with ch.cond:
-            ch.seq += 1
-            seq = ch.seq
-            for k in range(1, self.workers):
-                ch.errors[k] = None
-                ch.jobs[k] = (seq, lambda k=k: self._job(k, args, cuts, out, err, call))
-            ch.cond.notify_all()
-        errors = []
-        try:
-            self._job(0, args, cuts, out, err, call)
-        except BaseException as exc:  # noqa: BLE001 - raised below, after the workers finish
-            errors.append(exc)
-        for k, thread in enumerate(self._threads, start=1):
-            while ch.done[k] != seq:
-                if not thread.is_alive():
-                    raise RuntimeError(f"SplitGrad: worker thread {k} has stopped")
-                time.sleep(0)
-            exc, ch.errors[k] = ch.errors[k], None
-            if exc is not None:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        self._channel.run(lambda k: self._job(k, args, cuts, out, err, call), self._threads, "SplitGrad")
         return self._combine(out, cuts, n)
 
     @staticmethod

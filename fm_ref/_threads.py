@@ -66,6 +66,33 @@ class _Channel:
             self.stop = True
             self.cond.notify_all()
 
+    def run(self, job, threads, name):
+        """One call: job(k) on worker thread k for k ≥ 1 (``threads[k − 1]``) and job(0)
+        here; wait for every worker, then raise the first error (every error is collected,
+        none stays behind for a later call). The caller polls with ``time.sleep(0)``."""
+        with self.cond:
+            self.seq += 1
+            seq = self.seq
+            for k in range(1, len(self.jobs)):
+                self.errors[k] = None
+                self.jobs[k] = (seq, lambda k=k: job(k))
+            self.cond.notify_all()
+        errors = []
+        try:
+            job(0)
+        except BaseException as exc:  # noqa: BLE001 - raised below, after the workers finish
+            errors.append(exc)
+        for k, thread in enumerate(threads, start=1):  # they write into the caller's arrays: wait
+            while self.done[k] != seq:
+                if not thread.is_alive():
+                    raise RuntimeError(f"{name}: worker thread {k} has stopped")
+                time.sleep(0)
+            exc, self.errors[k] = self.errors[k], None
+            if exc is not None:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
 
 class SplitBatch:
     """(x, t) -> (v, div) evaluated on ``workers`` slices of the batch in parallel.
@@ -118,27 +145,5 @@ class SplitBatch:
             for k in range(self.workers):
                 self._job(k, x, t, err, call)
             return self.v, self.div
-        ch = self._channel
-        with ch.cond:
-            ch.seq += 1
-            seq = ch.seq
-            for k in range(1, self.workers):
-                ch.errors[k] = None
-                ch.jobs[k] = (seq, lambda k=k: self._job(k, x, t, err, call))
-            ch.cond.notify_all()
-        errors = []
-        try:
-            self._job(0, x, t, err, call)
-        except BaseException as exc:  # noqa: BLE001 - raised below, after the workers finish
-            errors.append(exc)
-        for k, thread in enumerate(self._threads, start=1):  # they write into self.v: wait
-            while ch.done[k] != seq:
-                if not thread.is_alive():
-                    raise RuntimeError(f"SplitBatch: worker thread {k} has stopped")
-                time.sleep(0)
-            exc, ch.errors[k] = ch.errors[k], None  # collect every error: none stays behind
-            if exc is not None:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        self._channel.run(lambda k: self._job(k, x, t, err, call), self._threads, "SplitBatch")
         return self.v, self.div
