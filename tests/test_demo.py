@@ -259,3 +259,20 @@ def test_report_says_which_rows_stop_early_only_at_the_default_budget(cost_run):
     text = report(res)
     assert "note: the CNF stops early" not in text and "note: --quick trains on 1/10 of the default budgets" in text
     assert [r.early for r in demo.ROWS.values() if r.early] == [demo.ROWS["ddpm-vp"].early]
+
+
+def test_rows_start_longest_first_by_their_estimated_cost(monkeypatch):
+    """The pool starts the rows in decreasing ``step_ms`` × steps (ties in table order), so
+    that the longest trainings do not start last and leave one worker idle."""
+    from dataclasses import replace
+
+    from fm_ref.demo.run import _schedule
+
+    rows = {k: demo.ROWS[k] for k in ("nf", "cnf", "cfm-condot", "cfm-cosine")}
+    rows["nf"] = replace(rows["nf"], step_ms=1.0, budget=demo.scaled(3.0))      # 3 ms per --steps unit
+    rows["cnf"] = replace(rows["cnf"], step_ms=10.0, budget=demo.scaled(0.5))   # 5
+    rows["cfm-condot"] = replace(rows["cfm-condot"], step_ms=2.0, budget=demo.scaled(1.0))  # 2
+    rows["cfm-cosine"] = replace(rows["cfm-cosine"], step_ms=2.0, budget=demo.scaled(1.0))  # 2, a tie
+    monkeypatch.setattr(demo, "ROWS", rows)
+    assert _schedule(list(rows), 100) == ["cnf", "nf", "cfm-condot", "cfm-cosine"]
+    assert _schedule(["cfm-cosine", "cfm-condot"], 100) == ["cfm-cosine", "cfm-condot"]  # ties keep the given order

@@ -272,15 +272,20 @@ def test_bad_kinds_weights_and_ranges_raise():
 # ------------------------------------------------------------------ mutation-run additions
 
 
+def _quadrature_problem(which, seed):
+    """(target, path, model, params, quadrature loss) on the 1-D mixture and the Cosine path."""
+    model = MLP(1, (8,))
+    quad = conditional_loss_quadrature if which == "conditional" else marginal_loss_quadrature
+    return mixture_1d(), Cosine(), model, model.init(np.random.default_rng(seed)), quad
+
+
 @pytest.mark.parametrize("which", ["conditional", "marginal"])
 def test_quadrature_losses_run_with_their_default_node_counts(which):
     """The default n_t, n_x give a usable loss: within 1e-2 of a refined rule (DIF.10).
 
     Derivation: derivations/09-diffusion.md (DIF.10)
     """
-    target, path, model = mixture_1d(), Cosine(), MLP(1, (8,))
-    params = model.init(np.random.default_rng(7))
-    quad = conditional_loss_quadrature if which == "conditional" else marginal_loss_quadrature
+    target, path, model, params, quad = _quadrature_problem(which, seed=7)
     default = quad(model, params, path, target, "x1")
     refined = quad(model, params, path, target, "x1", n_t=32, n_x=48)
     # the defaults are documented as a quick look, about 1e-3 relative (fm_ref.losses.cfm_quadrature_nodes)
@@ -293,9 +298,7 @@ def test_quadrature_loss_is_linear_in_its_weight(which):
 
     Derivation: derivations/09-diffusion.md (DIF.10)
     """
-    target, path, model = mixture_1d(), Cosine(), MLP(1, (8,))
-    params = model.init(np.random.default_rng(8))
-    quad = conditional_loss_quadrature if which == "conditional" else marginal_loss_quadrature
+    target, path, model, params, quad = _quadrature_problem(which, seed=8)
     kw = dict(n_t=8, n_x=16, t_max=0.9)
 
     def loss(weight):

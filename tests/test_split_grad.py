@@ -66,3 +66,17 @@ def test_errors_in_a_slice_reach_the_caller_and_bad_workers_are_refused():
         SplitGrad(boom, 1)
     with pytest.raises(ValueError, match=r"^workers:"):
         train_cfm(MLP(2, (4,)), CondOT(), x, 1, np.random.default_rng(0), workers=0)
+
+
+def test_a_stopped_worker_thread_is_reported_not_waited_for():
+    """The shared dispatch (``_Channel.run``) raises, naming the caller, when a worker thread
+    has ended, instead of polling forever for a result that cannot come; the caller's own
+    slice has run before the check, and the threads' error slots are left clean."""
+    mlp, params, x, t, u = _problem(64)
+    split = SplitGrad(mlp._sq_error_and_grad, 2)
+    split._channel.close()
+    for thread in split._threads:
+        thread.join(5.0)
+        assert not thread.is_alive()
+    with pytest.raises(RuntimeError, match=r"^SplitGrad: worker thread 1 has stopped$"):
+        split(params, x, t, u)
