@@ -12,6 +12,8 @@ divergence) in closed form by forward-mode propagation of the d input tangents
 (derivations/06-cnf.md (CNF.8)): the cost is O(n d h²) for width h, against d
 reverse passes for a generic autograd divergence.
 """
+import threading
+
 import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp, primitive
@@ -20,6 +22,9 @@ from autograd.tracer import getval
 from ._validate import as_generator, as_points, as_positive_int, as_time, finite_result
 
 __all__ = ["MLP", "ACTIVATIONS"]
+
+#: per-thread work arrays of ``MLP._sq_error_and_grad`` (``MLP._work_arrays``)
+_WORK = threading.local()
 
 
 @primitive
@@ -145,6 +150,20 @@ class MLP:
             cols += [np.sin(tcol * k), np.cos(tcol * k)]
         return np.concatenate(cols, axis=1)
 
+    def _plain_features(self, x, t):
+        """``features`` in plain NumPy for the hand-written passes (no autograd wrappers): the
+        same products and the same sin/cos calls, so the same bits."""
+        n, d = x.shape
+        out = onp.empty((n, self.sizes[0]))
+        out[:, :d] = x
+        out[:, d] = t
+        if self.time_features:
+            k = 2.0 * onp.pi * onp.arange(1, self.time_features + 1)
+            tk = out[:, d:d + 1] * k
+            out[:, d + 1:d + 1 + self.time_features] = onp.sin(tk)
+            out[:, d + 1 + self.time_features:] = onp.cos(tk)
+        return out
+
     def _validate(self, params, x, t):
         self.check_params(params)
         x = as_points(x, "x", dim=self.in_dim)
@@ -259,31 +278,44 @@ class MLP:
             return 1.0 - h * h
         return self.d_act(a)
 
-    def _forward_cached(self, params, x, t):
+    def _forward_cached(self, params, x, t, work=None):
         """(output, cache): ``apply``'s forward pass keeping what ``_vjp`` needs, the input of
         every layer (features, then each hidden activation) and the hidden pre-activations.
+        With ``work`` (from ``_work_arrays``) the hidden arrays are written into its buffers
+        instead of fresh ones: the same operations in the same order, so the same bits.
 
         Derivation: derivations/07-normalizing-flows.md (NF.27)
         """
         # NumPy's tanh itself for tanh (the value of _tanh, without autograd's wrapper)
-        act = onp.tanh if self.activation == "tanh" else self.act
-        h = self.features(x, t)
+        tanh = self.activation == "tanh"
+        act = onp.tanh if tanh else self.act
+        h = self._plain_features(x, t)
         inputs, pre = [h], []
-        for W, b in params[:-1]:
-            a = h @ W + b
+        for layer, (W, b) in enumerate(params[:-1]):
+            if work is None:
+                a = h @ W + b
+                h = act(a)
+            else:  # a = h W, then a += b: the rounding of h @ W + b
+                a = onp.matmul(h, W, out=work["pre"][layer])
+                a += b
+                h = work["hidden"][layer]
+                if tanh:
+                    onp.tanh(a, out=h)
+                else:
+                    h[...] = act(a)
             pre.append(a)
-            h = act(a)
             inputs.append(h)
         W, b = params[-1]
         return h @ W + b, (inputs, pre)
 
-    def _vjp(self, params, cache, g, x_grad=True):
+    def _vjp(self, params, cache, g, x_grad=True, work=None):
         """The vector–Jacobian product of ``apply``: for the upstream gradient g = ∂L/∂v of
         shape (n, out_dim), the parameter gradients [(∂L/∂W_ℓ, ∂L/∂b_ℓ)] and ∂L/∂x, shape
         (n, in_dim) (None when ``x_grad`` is false), by the chain rule
         ∂L/∂W_ℓ = h_{ℓ−1}ᵀ g_ℓ, ∂L/∂b_ℓ = Σ_i g_ℓ, g_{ℓ−1} = (g_ℓ W_ℓᵀ) ⊙ φ'(a_{ℓ−1}),
         ∂L/∂features = g_1 W_1ᵀ, whose first in_dim columns are ∂L/∂x (the time features
-        do not depend on x). ``cache`` is from ``_forward_cached``.
+        do not depend on x). ``cache`` is from ``_forward_cached``; with ``work`` the
+        hidden-layer gradients g_ℓ are written into its buffers (the same bits).
 
         Derivation: derivations/07-normalizing-flows.md (NF.27)
         """
@@ -292,15 +324,39 @@ class MLP:
         for layer in range(len(params) - 1, -1, -1):
             W = params[layer][0]
             grads.append((inputs[layer].T @ g, g.sum(axis=0)))
-            if layer > 0:
+            if layer > 0 and work is None:
                 g = (g @ W.T) * self._d_act_given(pre[layer - 1], inputs[layer])
+            elif layer > 0:  # (g Wᵀ) ⊙ φ'(a), each product rounded as above
+                g = onp.matmul(g, W.T, out=work["grad"][layer - 1])
+                if self.activation == "tanh":
+                    h, d = inputs[layer], work["d_act"][layer - 1]
+                    onp.multiply(h, h, out=d)
+                    onp.subtract(1.0, d, out=d)
+                else:
+                    d = self.d_act(pre[layer - 1])
+                g *= d
         gx = (g @ params[0][0][:self.in_dim].T) if x_grad else None
         return grads[::-1], gx
 
+    def _work_arrays(self, n):
+        """Buffers for one forward and backward pass on n points (pre-activations, hidden
+        activations, hidden gradients, activation derivatives), kept per thread and reused
+        while n and the widths stay the same. A training step would otherwise allocate a
+        dozen (n, width) arrays and hand them back to the C allocator, which on a batch of
+        256 × 64 (128 KiB, glibc's mmap threshold) costs as much as the arithmetic."""
+        key = (n, self.hidden)
+        held = getattr(_WORK, "arrays", None)
+        if held is None or held[0] != key:
+            held = key, {name: [onp.empty((n, width)) for width in self.hidden]
+                         for name in ("pre", "hidden", "grad", "d_act")}
+            _WORK.arrays = held
+        return held[1]
+
     def _sq_error_and_grad(self, params, x, t, target):
-        out, cache = self._forward_cached(params, x, t)
+        work = self._work_arrays(x.shape[0])  # nothing returned refers to it
+        out, cache = self._forward_cached(params, x, t, work)
         resid = out - target
         n = x.shape[0]
         loss = float(onp.sum(resid * resid) / n)
-        grads, _ = self._vjp(params, cache, (2.0 / n) * resid, x_grad=False)
+        grads, _ = self._vjp(params, cache, (2.0 / n) * resid, x_grad=False, work=work)
         return loss, grads

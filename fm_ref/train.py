@@ -65,23 +65,22 @@ def _checked_loss(loss, i):
     return loss
 
 
-def _checked_grads(g, theta, i):
-    """The gradient's leaves, shaped like θ, real and finite; otherwise an error naming
-    ``loss_and_grad`` (a NaN gradient on the last step would return NaN parameters)."""
+def _flat_grads(g, theta):
+    """The gradient's leaves, checked to be shaped like θ and real, concatenated into one
+    float64 vector (their finiteness is checked by ``adam`` on the moments it feeds)."""
     grads = list(_leaves(g))
     if len(grads) != len(theta) or any(onp.shape(g_j) != t_j.shape for g_j, t_j in zip(grads, theta)):
         raise ValueError(f"loss_and_grad: expected a gradient shaped like params ({len(theta)} leaves of shapes "
                          f"{[t_j.shape for t_j in theta]}), got {[onp.shape(g_j) for g_j in grads]}")
-    out = []
     for j, g_j in enumerate(grads):
-        raw = onp.asarray(g_j)
-        if raw.dtype.kind not in "fiu":
-            raise TypeError(f"loss_and_grad: gradient leaf {j} expected real values, got dtype {raw.dtype}")
-        if not onp.all(onp.isfinite(raw)):
-            raise FloatingPointError(f"loss_and_grad: the gradient (leaf {j}) is non-finite at step {i} although "
-                                     f"the loss is finite: check the data, the parameters and the model")
-        out.append(raw.astype(onp.float64, copy=False))
-    return out
+        kind = getattr(g_j, "dtype", None)
+        kind = (kind if kind is not None else onp.asarray(g_j).dtype).kind
+        if kind not in "fiu":
+            raise TypeError(f"loss_and_grad: gradient leaf {j} expected real values, got dtype "
+                            f"{onp.asarray(g_j).dtype}")
+    if not grads:
+        return onp.zeros(0)
+    return onp.concatenate([onp.ravel(g_j) for g_j in grads]).astype(onp.float64, copy=False)
 
 
 def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, callback=None):
@@ -134,29 +133,43 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
 
     m = onp.zeros_like(flat)
     v = onp.zeros_like(flat)
+    work = onp.empty_like(flat)
     losses = onp.empty(steps)
     for i in range(steps):
         loss, g = loss_and_grad(tree(flat), i)
         loss = _checked_loss(loss, i)
         losses[i] = loss
         c1, c2 = 1.0 - b1 ** (i + 1), 1.0 - b2 ** (i + 1)
-        grads = _checked_grads(g, theta, i)
-        g_flat = onp.concatenate([g_j.ravel() for g_j in grads]) if grads else onp.zeros(0)
-        with onp.errstate(over="ignore", under="ignore"):
+        g_flat = _flat_grads(g, theta)
+        # Written in place, each product and sum rounded as in the formula above:
+        # m ← b1·m + (1−b1)·g, v ← b2·v + (1−b2)·(g·g), step = m / (√(v/c2) + ε).
+        with onp.errstate(all="ignore"):  # a NaN, inf or overflow is found and named below
             m *= b1
-            m += (1.0 - b1) * g_flat
+            m += onp.multiply(g_flat, 1.0 - b1, out=work)
             v *= b2
-            v += (1.0 - b2) * (g_flat * g_flat)
-        ok = onp.isfinite(v)
-        if not ok.all():
-            raise FloatingPointError(f"loss_and_grad: the gradient (leaf {leaf_of(ok)}) at step {i} is too large "
-                                     f"for Adam: its square overflows float64 (|g| > 1e154); rescale the loss")
-        with onp.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            denom = onp.sqrt(v / c2) + eps
-            # A coordinate whose gradient has been exactly 0 so far (m = v = 0) stays put,
-            # also with eps = 0 (where m/denom would be 0/0).
-            step = onp.where(denom > 0.0, m / onp.where(denom > 0.0, denom, 1.0), 0.0)
-            flat = flat - (lr / c1) * step
+            onp.multiply(g_flat, g_flat, out=work)
+            work *= 1.0 - b2
+            v += work
+            ok = onp.isfinite(v)  # a NaN or inf in g makes v so too
+            if not ok.all():
+                ok_g = onp.isfinite(g_flat)
+                if not ok_g.all():
+                    raise FloatingPointError(f"loss_and_grad: the gradient (leaf {leaf_of(ok_g)}) is non-finite at "
+                                             f"step {i} although the loss is finite: check the data, the parameters "
+                                             f"and the model")
+                raise FloatingPointError(f"loss_and_grad: the gradient (leaf {leaf_of(ok)}) at step {i} is too "
+                                         f"large for Adam: its square overflows float64 (|g| > 1e154); rescale "
+                                         f"the loss")
+            onp.divide(v, c2, out=work)
+            onp.sqrt(work, out=work)
+            work += eps
+            if eps > 0.0:  # the denominator is positive
+                onp.divide(m, work, out=work)
+            else:  # a coordinate whose gradient has been exactly 0 so far (m = v = 0) stays put
+                positive = work > 0.0
+                work = onp.where(positive, m / onp.where(positive, work, 1.0), 0.0)
+            work *= lr / c1
+            flat = flat - work  # a fresh vector: the views handed out before stay as they were
         ok = onp.isfinite(flat)
         if not ok.all():
             raise FloatingPointError(f"adam: the parameters (leaf {leaf_of(ok)}) became non-finite at step {i}: "
@@ -270,4 +283,4 @@ class _Rows:
         self.points, self.dim = points, points.shape[1]
 
     def sample(self, n, rng):
-        return self.points[rng.integers(0, self.points.shape[0], n)]
+        return onp.take(self.points, rng.integers(0, self.points.shape[0], n), axis=0)

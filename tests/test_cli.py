@@ -191,22 +191,33 @@ def test_bench_quick_writes_json(capsys, tmp_path):
 
 
 def test_bench_compares_each_round_with_pytorchs_faster_thread_count(monkeypatch):
-    """With torch present, each round's ratio is fm_ref's rate over PyTorch's faster rate of
-    its 1- and 2-thread loops in that round (a stand-in for torch gives known rates)."""
+    """With torch present, each round runs every variant in interleaved pieces; a round's
+    time is the sum of its pieces, and its ratio is PyTorch's faster round time (of the 1-
+    and 2-thread loops) over fm_ref's (a stand-in for torch gives known rates)."""
     from fm_ref import bench
     from fm_ref.bench import torch_reference
 
-    rates = iter([100.0, 400.0, 300.0, 200.0])  # round 1: 1 thread 100, 2 threads 400; round 2: 300, 200
+    # per thread count: the warm-up's rate, then round 1's two pieces, then round 2's
+    rates = {1: iter([1.0, 100.0, 300.0, 50.0, 50.0]), 2: iter([1.0, 400.0, 400.0, 100.0, 25.0])}
+    calls = []
     monkeypatch.setattr(torch_reference, "available", lambda: True)
     monkeypatch.setattr(torch_reference, "make_step", lambda data, threads: threads)
-    monkeypatch.setattr(torch_reference, "torch_cfm_rate", lambda step, steps: next(rates))
-    out = {r["name"]: r for r in bench.bench_cfm_training(2, steps=3)}
-    assert out["CFM training, PyTorch reference, 1 thread"]["times_s"] == [3 / 100.0, 3 / 300.0]
-    assert out["CFM training, PyTorch reference, 2 threads"]["times_s"] == [3 / 400.0, 3 / 200.0]
+
+    def rate(step, steps):
+        calls.append((step, steps))
+        return next(rates[step])
+
+    monkeypatch.setattr(torch_reference, "torch_cfm_rate", rate)
+    out = {r["name"]: r for r in bench.bench_cfm_training(2, steps=5, chunks=2)}
+    assert calls == [(1, 2), (2, 2)] + [(1, 2), (2, 2), (1, 3), (2, 3)] * 2  # warm-up, then interleaved
+    torch1 = [2 / 100.0 + 3 / 300.0, 2 / 50.0 + 3 / 50.0]
+    torch2 = [2 / 400.0 + 3 / 400.0, 2 / 100.0 + 3 / 25.0]
+    assert out["CFM training, PyTorch reference, 1 thread"]["times_s"] == pytest.approx(torch1, rel=1e-15)
+    assert out["CFM training, PyTorch reference, 2 threads"]["times_s"] == pytest.approx(torch2, rel=1e-15)
     own = out["CFM training"]["times_s"]
-    ratios = [3 / 400.0 / own[0], 3 / 300.0 / own[1]]  # the faster PyTorch time over fm_ref's, per round
+    ratios = [torch2[0] / own[0], torch1[1] / own[1]]  # the faster PyTorch time over fm_ref's, per round
     assert (f"rate / PyTorch (the faster of 1 and 2 threads) per round: median {np.median(ratios):.2f}, "
-            f"range {min(ratios):.2f}-{max(ratios):.2f}") in out["CFM training"]["notes"]
+            f"range {min(ratios):.2f}-{max(ratios):.2f} (2 rounds of 2 interleaved pieces)") in out["CFM training"]["notes"]
 
 
 DEMO_SMALL = ("demo", "--steps", "10", "--n-eval", "150", "--data", "moons")

@@ -78,13 +78,18 @@ def bench_divergence(repeats, n=1000):
                     f"the CNF's route (v and trace); autograd/this = {med_ag / med_np:.2f}")]
 
 
-def bench_cfm_training(repeats, steps=200):
+def bench_cfm_training(repeats, steps=200, chunks=5):
     """CFM training steps per second: ``train_cfm`` with batch 256, MLP(2, (64, 64)),
     CondOT, 8gaussians data, float64 (batch sampling and Adam included), on one thread and
     with the batch split over two (``workers=2``), and a PyTorch loop of the same model
-    when torch is importable (``fm_ref.bench.torch_reference``, on 1 and on 2 threads,
-    each round compared with the faster of the two): alternating rounds, so that a change
-    in the machine's load hits every variant alike."""
+    when torch is importable (``fm_ref.bench.torch_reference``, on 1 and on 2 threads).
+
+    Each of the ``repeats`` rounds runs ``steps`` steps of every variant, in ``chunks``
+    interleaved pieces (fm_ref, fm_ref with two workers, PyTorch on 1 thread, on 2, then
+    again), and a variant's round time is the sum of its pieces: a shared machine whose
+    speed moves from one second to the next then slows every variant of a round alike.
+    Each round's fm_ref time is compared with the faster of PyTorch's two thread counts
+    in that round."""
     from ..distributions import make_toy
     from ..nn import MLP
     from ..paths import CondOT
@@ -95,22 +100,35 @@ def bench_cfm_training(repeats, steps=200):
     data = make_toy("8gaussians", 10_000, rng)
     mlp = MLP(2, (64, 64))
     params = mlp.init(rng)
-    variants = {w: (lambda w=w: train_cfm(mlp, CondOT(), data, steps, rng, batch=256, params=params, workers=w))
-                for w in (1, 2)}
-    torch_steps = ({k: torch_reference.make_step(data, threads=k) for k in (1, 2)}
-                   if torch_reference.available() else {})
-    times = {1: [], 2: [], "torch": [], "torch1": [], "torch2": []}
-    for fn in variants.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for w, fn in variants.items():
+    cuts = [(steps * k) // chunks for k in range(chunks + 1)]
+    pieces = [b - a for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+    def fm_ref_piece(workers):
+        def run(n):
             start = time.perf_counter()
-            fn()
-            times[w].append(time.perf_counter() - start)
-        for k, step in torch_steps.items():
-            times[f"torch{k}"].append(steps / torch_reference.torch_cfm_rate(step, steps))
-        if torch_steps:  # PyTorch at its best on these 2 cores, this round
-            times["torch"].append(min(times["torch1"][-1], times["torch2"][-1]))
+            train_cfm(mlp, CondOT(), data, n, rng, batch=256, params=params, workers=workers)
+            return time.perf_counter() - start
+        return run
+
+    def torch_piece(step):
+        return lambda n: n / torch_reference.torch_cfm_rate(step, n)
+
+    variants = {1: fm_ref_piece(1), 2: fm_ref_piece(2)}
+    if torch_reference.available():
+        variants.update({f"torch{k}": torch_piece(torch_reference.make_step(data, threads=k)) for k in (1, 2)})
+    for run in variants.values():
+        run(pieces[0])  # warm-up
+    times = {key: [] for key in variants}
+    times["torch"] = []
+    for _ in range(repeats):
+        spent = dict.fromkeys(variants, 0.0)
+        for n in pieces:
+            for key, run in variants.items():
+                spent[key] += run(n)
+        for key in variants:
+            times[key].append(spent[key])
+        if "torch1" in variants:  # PyTorch at its best on these 2 cores, this round
+            times["torch"].append(min(spent["torch1"], spent["torch2"]))
     size = f"{steps} steps, batch 256, MLP 2->64->64->2"
     out = []
     for w in (1, 2):
@@ -120,11 +138,12 @@ def bench_cfm_training(repeats, steps=200):
             ratios = [t / o for o, t in zip(times[w], times["torch"])]
             note += (f"; rate / PyTorch (the faster of 1 and 2 threads) per round: median "
                      f"{statistics.median(ratios):.2f}, "
-                     f"range {min(ratios):.2f}-{max(ratios):.2f}")
+                     f"range {min(ratios):.2f}-{max(ratios):.2f} ({len(ratios)} rounds of {len(pieces)} "
+                     f"interleaved pieces)")
         out.append(_record("CFM training" + ("" if w == 1 else ", workers=2"), size, med, times[w], steps / med,
                            "steps/s", note))
     for k in (1, 2):
-        if times[f"torch{k}"]:
+        if f"torch{k}" in times:
             med = statistics.median(times[f"torch{k}"])
             out.append(_record(f"CFM training, PyTorch reference, {k} thread{'s' if k > 1 else ''}", size, med,
                                times[f"torch{k}"], steps / med, "steps/s",
