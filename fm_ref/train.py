@@ -65,22 +65,22 @@ def _checked_loss(loss, i):
     return loss
 
 
-def _flat_grads(g, theta):
-    """The gradient's leaves, checked to be shaped like θ and real, concatenated into one
-    float64 vector (their finiteness is checked by ``adam`` on the moments it feeds)."""
-    grads = list(_leaves(g))
-    if len(grads) != len(theta) or any(onp.shape(g_j) != t_j.shape for g_j, t_j in zip(grads, theta)):
-        raise ValueError(f"loss_and_grad: expected a gradient shaped like params ({len(theta)} leaves of shapes "
-                         f"{[t_j.shape for t_j in theta]}), got {[onp.shape(g_j) for g_j in grads]}")
+def _flat_grads(g, shapes, out):
+    """The gradient's leaves, checked to be shaped like θ (``shapes``) and real, written
+    one after another into the float64 vector ``out`` (their finiteness is checked by
+    ``adam`` on the moments they feed)."""
+    grads = _leaves(g)
+    if [getattr(g_j, "shape", None) for g_j in grads] != shapes:  # a wrong shape, or a leaf not an array
+        if len(grads) != len(shapes) or [onp.shape(g_j) for g_j in grads] != shapes:
+            raise ValueError(f"loss_and_grad: expected a gradient shaped like params ({len(shapes)} leaves of "
+                             f"shapes {shapes}), got {[onp.shape(g_j) for g_j in grads]}")
+        grads = [onp.asarray(g_j) for g_j in grads]
     for j, g_j in enumerate(grads):
-        kind = getattr(g_j, "dtype", None)
-        kind = (kind if kind is not None else onp.asarray(g_j).dtype).kind
-        if kind not in "fiu":
-            raise TypeError(f"loss_and_grad: gradient leaf {j} expected real values, got dtype "
-                            f"{onp.asarray(g_j).dtype}")
-    if not grads:
-        return onp.zeros(0)
-    return onp.concatenate([onp.ravel(g_j) for g_j in grads]).astype(onp.float64, copy=False)
+        if g_j.dtype.kind not in "fiu":
+            raise TypeError(f"loss_and_grad: gradient leaf {j} expected real values, got dtype {g_j.dtype}")
+    if grads:
+        onp.concatenate([g_j.ravel() for g_j in grads], out=out)
+    return out
 
 
 def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, callback=None):
@@ -125,8 +125,19 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
     starts = ends - [leaf.size for leaf in theta]
     flat = onp.concatenate([leaf.ravel() for leaf in theta]) if theta else onp.zeros(0)
 
+    cuts = list(zip(starts.tolist(), ends.tolist(), shapes))
+    pairs = [len(c) for c in params] if (type(params) is list and all(
+        type(c) is tuple and not any(isinstance(leaf, (list, tuple)) for leaf in c) for c in params)) else None
+
     def tree(vec):
-        return _rebuild(params, (vec[a:b].reshape(shape) for a, b, shape in zip(starts, ends, shapes)))
+        views = [vec[a:b].reshape(shape) for a, b, shape in cuts]
+        if pairs is None:
+            return _rebuild(params, iter(views))
+        out, k = [], 0  # a list of (W, b)-like tuples, built without the recursion
+        for size in pairs:
+            out.append(tuple(views[k:k + size]))
+            k += size
+        return out
 
     def leaf_of(ok):  # the leaf holding the first False of a flat mask
         return int(onp.searchsorted(ends, int(onp.argmin(ok)), side="right"))
@@ -134,13 +145,14 @@ def adam(loss_and_grad, params, steps, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, call
     m = onp.zeros_like(flat)
     v = onp.zeros_like(flat)
     work = onp.empty_like(flat)
+    g_flat = onp.empty_like(flat)
     losses = onp.empty(steps)
     for i in range(steps):
         loss, g = loss_and_grad(tree(flat), i)
         loss = _checked_loss(loss, i)
         losses[i] = loss
         c1, c2 = 1.0 - b1 ** (i + 1), 1.0 - b2 ** (i + 1)
-        g_flat = _flat_grads(g, theta)
+        g_flat = _flat_grads(g, shapes, g_flat)
         # Written in place, each product and sum rounded as in the formula above:
         # m ← b1·m + (1−b1)·g, v ← b2·v + (1−b2)·(g·g), step = m / (√(v/c2) + ε).
         with onp.errstate(all="ignore"):  # a NaN, inf or overflow is found and named below
