@@ -357,6 +357,6 @@ class MLP:
         out, cache = self._forward_cached(params, x, t, work)
         resid = out - target
         n = x.shape[0]
-        loss = float(onp.sum(resid * resid) / n)
+        loss = float((resid * resid).sum() / n)
         grads, _ = self._vjp(params, cache, (2.0 / n) * resid, x_grad=False, work=work)
         return loss, grads
