@@ -78,7 +78,7 @@ def bench_divergence(repeats, n=1000):
                     f"the CNF's route (v and trace); autograd/this = {med_ag / med_np:.2f}")]
 
 
-def bench_cfm_training(repeats, steps=200, chunks=5):
+def bench_cfm_training(repeats, steps=2000, chunks=20):
     """CFM training steps per second: ``train_cfm`` with batch 256, MLP(2, (64, 64)),
     CondOT, 8gaussians data, float64 (batch sampling and Adam included), on one thread and
     with the batch split over two (``workers=2``), and a PyTorch loop of the same model
@@ -89,7 +89,9 @@ def bench_cfm_training(repeats, steps=200, chunks=5):
     again), and a variant's round time is the sum of its pieces: a shared machine whose
     speed moves from one second to the next then slows every variant of a round alike.
     Each round's fm_ref time is compared with the faster of PyTorch's two thread counts
-    in that round."""
+    in that round. The defaults, 2000 steps in pieces of 100, keep one round's ratio within
+    about ±8% of the median on a 2-core virtual machine whose speed, and PyTorch's own,
+    moves by ±25% between consecutive seconds (rounds of 200 steps in one piece: ±40%)."""
     from ..distributions import make_toy
     from ..nn import MLP
     from ..paths import CondOT
@@ -241,7 +243,7 @@ def run_bench(repeats=3, quick=False, log=None):
     results = []
     for label, fn in (("exact divergence", lambda: bench_divergence(repeats, n)),
                       ("CNF log-likelihood", lambda: bench_cnf_log_prob(repeats, n)),
-                      ("CFM training", lambda: bench_cfm_training(repeats, 20 if quick else 200)),
+                      ("CFM training", lambda: bench_cfm_training(repeats, *((20, 2) if quick else ()))),
                       ("NF training", lambda: bench_flow_training(repeats, 8 if quick else 200)),
                       ("flow log_prob", lambda: bench_flow_log_prob(repeats, n))):
         start = time.perf_counter()
