@@ -210,6 +210,46 @@ def test_hand_written_backward_matches_autograd(activation):
     assert np.max(np.abs(a - b)) <= BACKPROP_RTOL * np.max(np.abs(b))
 
 
+@pytest.mark.parametrize("activation", ["tanh", "softplus"])
+def test_backward_in_reused_work_arrays_keeps_every_result(activation):
+    """``_sq_error_and_grad`` writes its hidden arrays into per-thread buffers reused from
+    call to call: its results are the fresh-array pass's bit for bit (and autograd's to
+    rounding), a later call leaves earlier gradients as they were, a change of batch size
+    gets new buffers, and two threads at once each get their own."""
+    import threading
+
+    rng = np.random.default_rng(3)
+    model = MLP(2, (6, 4), activation=activation, time_features=1)
+    params = model.init(rng)
+    batches = [(rng.standard_normal((n, 2)), rng.uniform(size=n), rng.standard_normal((n, 2))) for n in (9, 9, 4, 9)]
+
+    def fresh(x, t, y):  # the same pass with fresh arrays
+        out, cache = model._forward_cached(params, x, t)
+        grads, _ = model._vjp(params, cache, (2.0 / len(x)) * (out - y), x_grad=False)
+        return float(np.sum((out - y) ** 2) / len(x)), tree_flatten(grads)
+
+    results = [model._sq_error_and_grad(params, x, t, y) for x, t, y in batches]
+    kept = [tree_flatten(g) for _, g in results]
+    for (loss, g), flat, (x, t, y) in zip(results, kept, batches):
+        want_loss, want = fresh(x, t, y)
+        assert loss == want_loss and np.array_equal(tree_flatten(g), want) and np.array_equal(flat, want)
+        ref = tree_flatten(grad(lambda p: np.sum((model(p, x, t) - y) ** 2) / len(x))(params))
+        assert np.max(np.abs(want - ref)) <= BACKPROP_RTOL * np.max(np.abs(ref))
+    seen = {}
+
+    def run(k):
+        x, t, y = batches[k]
+        seen[k] = [tree_flatten(model._sq_error_and_grad(params, x, t, y)[1]) for _ in range(200)]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for k in (0, 1):
+        assert all(np.array_equal(g, kept[k]) for g in seen[k])
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -238,3 +238,34 @@ def test_adam_names_the_leaf_and_keeps_each_steps_parameters():
 def _flat_leaves(tree):
     return [leaf for pair in tree for leaf in pair]
 
+
+
+def test_adam_names_a_non_finite_gradient_by_leaf_and_reads_leaves_of_any_array_type():
+    """Gradient checks run on the flat vector: a NaN or an infinity in any leaf is named
+    with its leaf and step (an infinity is non-finite, not an overflow of g²); a gradient
+    with a Python float, integer and float32 leaves steps exactly like the same values in
+    float64 arrays; a wrong shape is refused; a list of lists comes back as one."""
+    tree = [[np.zeros((2, 2)), np.zeros(2)], [np.zeros((2, 1)), np.zeros(())]]
+
+    def grads(bad_leaf=None, value=np.nan):
+        out = [[np.ones((2, 2)), np.ones(2)], [np.ones((2, 1)), np.ones(())]]
+        if bad_leaf is not None:
+            leaf = out[bad_leaf // 2][bad_leaf % 2]
+            leaf[(0,) * leaf.ndim] = value
+        return out
+
+    for leaf, value in ((3, np.nan), (1, -np.inf), (2, np.inf)):
+        with pytest.raises(FloatingPointError,
+                           match=rf"^loss_and_grad: the gradient \(leaf {leaf}\) is non-finite at step 1 "):
+            adam(lambda p, s: (1.0, grads(leaf if s == 1 else None, value)), tree, 3)
+    # a Python float for the 0-d leaf, integers and float32 for others (lists would be subtrees)
+    mixed = [[np.array([[1, -2], [3, 0]]), np.array([3.0, -0.5], dtype=np.float32)], [np.array([[1.5], [-2.0]]), 0.75]]
+    as_float64 = [[np.asarray(a, dtype=np.float64) for a in pair] for pair in mixed]
+    p_mixed, _ = adam(lambda p, s: (1.0, mixed), tree, 3, lr=0.1)
+    p_float64, _ = adam(lambda p, s: (1.0, as_float64), tree, 3, lr=0.1)
+    assert np.array_equal(tree_flatten(p_mixed), tree_flatten(p_float64))
+    assert type(p_mixed) is list and all(type(pair) is list for pair in p_mixed) and p_mixed[1][1].shape == ()
+    with pytest.raises(ValueError, match=r"^loss_and_grad: expected a gradient shaped like params \(4 leaves"):
+        adam(lambda p, s: (1.0, [[np.ones((2, 2)), np.ones(3)], [np.ones((2, 1)), np.ones(())]]), tree, 2)
+    with pytest.raises(ValueError, match=r"^loss_and_grad: expected a gradient shaped like params"):
+        adam(lambda p, s: (1.0, [[np.ones((2, 2)), np.ones(2)]]), tree, 2)

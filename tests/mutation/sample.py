@@ -54,15 +54,18 @@ MODULES = {
     "adjoint": ("fm_ref/adjoint.py", ["tests/test_adjoint.py"]),
     # the MLP's hand-written backward pass is tested beside the losses and the flows it serves
     "nn": ("fm_ref/nn.py", ["tests/test_nn.py", "tests/test_losses.py::test_hand_written_backward_matches_autograd",
+                            "tests/test_losses.py::test_backward_in_reused_work_arrays_keeps_every_result",
                             "tests/test_flows_grad.py"]),
     "distributions": ("fm_ref/distributions.py", ["tests/test_distributions.py"]),
     "flows": ("fm_ref/flows/__init__.py", ["tests/test_flows.py", "tests/test_flows_density.py", "tests/test_flows_grad.py"]),
     "flows.layers": ("fm_ref/flows/layers.py", ["tests/test_flows.py", "tests/test_flows_density.py", "tests/test_flows_grad.py"]),
     "flows.coupling": ("fm_ref/flows/coupling.py", ["tests/test_flows.py", "tests/test_flows_density.py", "tests/test_flows_grad.py"]),
     "flows.residual": ("fm_ref/flows/residual.py", ["tests/test_flows.py", "tests/test_flows_density.py", "tests/test_flows_grad.py"]),
-    # Adam's eps = 0 rule is pinned beside the other non-finite cases
+    # Adam's eps = 0 rule and its non-finite cases are pinned in test_hardening.py too
     "train": ("fm_ref/train.py", ["tests/test_train.py",
-                                  "tests/test_hardening.py::test_adam_with_eps_zero_keeps_a_zero_gradient_coordinate_in_place"]),
+                                  "tests/test_hardening.py::test_adam_with_eps_zero_keeps_a_zero_gradient_coordinate_in_place",
+                                  "tests/test_hardening.py::test_adam_refuses_non_finite_parameters_and_gradients_and_names_the_cause",
+                                  "tests/test_hardening.py::test_adam_overflowing_update_raises"]),
     "diffusion.losses": ("fm_ref/diffusion/losses.py", ["tests/test_diffusion.py", "tests/test_diffusion_samplers.py", "tests/test_verify.py"]),
     "diffusion.predictors": ("fm_ref/diffusion/predictors.py", ["tests/test_diffusion.py", "tests/test_diffusion_samplers.py", "tests/test_verify.py"]),
     "diffusion.samplers": ("fm_ref/diffusion/samplers.py", ["tests/test_diffusion.py", "tests/test_diffusion_samplers.py", "tests/test_verify.py"]),
