@@ -228,6 +228,12 @@ def test_backward_in_reused_work_arrays_keeps_every_result(activation):
         grads, _ = model._vjp(params, cache, (2.0 / len(x)) * (out - y), x_grad=False)
         return float(np.sum((out - y) ** 2) / len(x)), tree_flatten(grads)
 
+    work = model._work_arrays(9)
+    assert model._work_arrays(9) is work and model._work_arrays(4) is not work  # kept while n stays
+    x, t, y = batches[0]
+    model._sq_error_and_grad(params, x, t, y)
+    last_hidden = model._forward_cached(params, x, t)[1][0][-1]
+    assert np.array_equal(model._work_arrays(9)["hidden"][-1], last_hidden)  # the pass wrote there
     results = [model._sq_error_and_grad(params, x, t, y) for x, t, y in batches]
     kept = [tree_flatten(g) for _, g in results]
     for (loss, g), flat, (x, t, y) in zip(results, kept, batches):

@@ -6,7 +6,7 @@ from fm_ref.distributions import GaussianMixture, make_toy
 from fm_ref.losses import cfm_loss_quadrature
 from fm_ref.nn import MLP
 from fm_ref.paths import VP, CondOT
-from fm_ref.train import adam, train_cfm, tree_flatten
+from fm_ref.train import adam, train_cfm, tree_flatten, tree_map
 from fm_ref.verify.foundation import example_target
 
 
@@ -269,3 +269,22 @@ def test_adam_names_a_non_finite_gradient_by_leaf_and_reads_leaves_of_any_array_
         adam(lambda p, s: (1.0, [[np.ones((2, 2)), np.ones(3)], [np.ones((2, 1)), np.ones(())]]), tree, 2)
     with pytest.raises(ValueError, match=r"^loss_and_grad: expected a gradient shaped like params"):
         adam(lambda p, s: (1.0, [[np.ones((2, 2)), np.ones(2)]]), tree, 2)
+
+
+def test_adam_returns_the_structure_it_was_given():
+    """A list of (W, b) tuples is rebuilt without recursion; every other structure (a tuple
+    of tuples, a pair holding a nested tuple) keeps its own nesting and types, and steps
+    alike."""
+    W, b, c = np.zeros((2, 2)), np.zeros(2), np.zeros(3)
+    g = {"W": np.ones((2, 2)), "b": np.full(2, -1.0), "c": np.full(3, 2.0)}
+    shapes = {
+        "list of pairs": ([(W, b), (W, c)], lambda: [(g["W"], g["b"]), (g["W"], g["c"])]),
+        "tuple of pairs": (((W, b), (W, c)), lambda: ((g["W"], g["b"]), (g["W"], g["c"]))),
+        "nested pair": ([(W, (b, c))], lambda: [(g["W"], (g["b"], g["c"]))]),
+    }
+    for name, (params, grads) in shapes.items():
+        out, _ = adam(lambda p, s: (1.0, grads()), params, 2, lr=0.5)
+        assert tree_map(lambda a: a.shape, out) == tree_map(lambda a: a.shape, params), name
+        assert type(out) is type(params) and all(type(o) is type(p) for o, p in zip(out, params)), name
+        flat_g = tree_flatten(grads())  # two constant-gradient steps of −lr·g/(|g| + eps)
+        np.testing.assert_allclose(tree_flatten(out), -2 * 0.5 * flat_g / (np.abs(flat_g) + 1e-8), rtol=1e-14)
