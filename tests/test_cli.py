@@ -202,6 +202,7 @@ def test_bench_compares_each_round_with_pytorchs_faster_thread_count(monkeypatch
     calls = []
     monkeypatch.setattr(torch_reference, "available", lambda: True)
     monkeypatch.setattr(torch_reference, "make_step", lambda data, threads: threads)
+    monkeypatch.setattr(torch_reference, "version", lambda: "0.0-stand-in")
 
     def rate(step, steps):
         calls.append((step, steps))
@@ -219,6 +220,7 @@ def test_bench_compares_each_round_with_pytorchs_faster_thread_count(monkeypatch
     note = (f"rate / PyTorch (the faster of 1 and 2 threads) per round: median {np.median(ratios):.2f}, "
             f"range {min(ratios):.2f}-{max(ratios):.2f} (2 rounds of 2 interleaved pieces)")
     assert note in out["CFM training"]["notes"]
+    assert "torch 0.0-stand-in, 2 threads" in out["CFM training, PyTorch reference, 2 threads"]["notes"]
 
 
 DEMO_SMALL = ("demo", "--steps", "10", "--n-eval", "150", "--data", "moons")

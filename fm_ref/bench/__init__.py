@@ -149,8 +149,8 @@ def bench_cfm_training(repeats, steps=2000, chunks=20):
             med = statistics.median(times[f"torch{k}"])
             out.append(_record(f"CFM training, PyTorch reference, {k} thread{'s' if k > 1 else ''}", size, med,
                                times[f"torch{k}"], steps / med, "steps/s",
-                               f"torch, {k} thread{'s' if k > 1 else ''}, float64, the same MLP, batch, path and Adam "
-                               "(optional: torch found)"))
+                               f"torch {torch_reference.version()}, {k} thread{'s' if k > 1 else ''}, float64, the same "
+                               "MLP, batch, path and Adam (optional: torch found)"))
     return out
 
 

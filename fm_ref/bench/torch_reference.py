@@ -4,7 +4,7 @@ PyTorch loop with the same MLP (2+1 → 64 → 64 → 2, tanh, float64), batch, 
 itself never needs torch."""
 import time
 
-__all__ = ["available", "make_step", "torch_cfm_rate"]
+__all__ = ["available", "version", "make_step", "torch_cfm_rate"]
 
 
 def available():
@@ -12,6 +12,13 @@ def available():
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
+
+
+def version():
+    """torch's version string (torch must be importable)."""
+    import torch
+
+    return torch.__version__
 
 
 def make_step(data, threads=2, seed=0):
