@@ -90,8 +90,8 @@ def bench_cfm_training(repeats, steps=2000, chunks=20):
     speed moves from one second to the next then slows every variant of a round alike.
     Each round's fm_ref time is compared with the faster of PyTorch's two thread counts
     in that round. The defaults, 2000 steps in pieces of 100, keep one round's ratio within
-    about ±8% of the median on a 2-core virtual machine whose speed, and PyTorch's own,
-    moves by ±25% between consecutive seconds (rounds of 200 steps in one piece: ±40%)."""
+    about ±10% of the median on a 2-core virtual machine whose speed, and PyTorch's own,
+    moves by ±25% from one second to the next (rounds of 200 steps in one piece: ±40%)."""
     from ..distributions import make_toy
     from ..nn import MLP
     from ..paths import CondOT
